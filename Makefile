@@ -1,0 +1,58 @@
+# Postfix TLS connection reuse patch series: build, test, demo.
+#
+#   make demo     build the patched Postfix (and what it needs) and run the demo
+#   make check    build everything and run all tests (what CI runs)
+#
+# Other targets:
+#   make fetch        obtain and verify the upstream tarball
+#   make tree         materialize build/postfix-<version>/ (upstream + patches)
+#   make export       write the work tree's commits back to patches/
+#   make build        build and install the patched tree under build/inst/patched
+#   make build-stock  the same for pristine upstream, under build/inst/stock
+#   make unit         upstream's own unit tests only
+#
+# UPSTREAM_CACHE=dir takes the tarball from a local download cache (verified
+# by the same checksum) instead of Debian's archive.  PYTEST_ARGS=... passes
+# options to pytest (e.g. PYTEST_ARGS="-k spaced").
+
+PYTHON      = /usr/bin/python3
+PYTEST_ARGS =
+export UPSTREAM_CACHE
+
+.PHONY: all fetch tree export build build-stock check unit demo deps clean distclean
+
+all: build
+
+deps:
+	scripts/deps all
+
+fetch:
+	scripts/fetch-upstream
+
+tree:
+	scripts/tree
+
+export:
+	scripts/export-patches
+
+build:
+	scripts/build patched
+
+build-stock:
+	scripts/build stock
+
+check: deps build build-stock
+	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+unit: deps build
+	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
+
+demo: deps build
+	$(PYTHON) demo/demo.py
+
+clean:
+	rm -rf build/obj build/inst build/stock-src build/run
+
+distclean:
+	@scripts/tree --check-exported 2>/dev/null || true
+	rm -rf build

@@ -1,0 +1,89 @@
+"""A test certificate authority made with the openssl command.
+
+    ca = TestCA(directory)                  # CA key and self-signed certificate
+    cert = ca.issue("mx1", ["mx1.example.test"])
+    cert.key, cert.cert, cert.chain         # file names (chain = key + cert + CA)
+
+Keys are ECDSA P-256 (fast to make); issue(..., rsa=True) makes RSA-2048.
+"""
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+
+def _openssl(*args, cwd=None):
+    subprocess.run(("openssl",) + args, cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@dataclass
+class Cert:
+    name: str
+    key: str
+    cert: str
+    chain: str          # key, leaf certificate, CA certificate in one file
+
+    def spki_sha256(self):
+        """SHA-256 of the DER SubjectPublicKeyInfo (TLSA selector 1, type 1)."""
+        pub = subprocess.run(["openssl", "x509", "-in", self.cert, "-noout",
+                              "-pubkey"], check=True, capture_output=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"],
+                             input=pub, check=True, capture_output=True).stdout
+        import hashlib
+        return hashlib.sha256(der).hexdigest()
+
+    def fingerprint(self, digest="sha256"):
+        out = subprocess.run(["openssl", "x509", "-in", self.cert, "-noout",
+                              "-fingerprint", "-" + digest], check=True,
+                             capture_output=True, text=True).stdout
+        return out.strip().split("=", 1)[1]
+
+
+class TestCA:
+    def __init__(self, directory, name="Test CA"):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.key = os.path.join(directory, "ca.key")
+        self.cert = os.path.join(directory, "ca.pem")
+        self._serial = 1
+        if not os.path.exists(self.cert):
+            _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                     "-out", self.key)
+            _openssl("req", "-x509", "-new", "-key", self.key, "-sha256",
+                     "-days", "30", "-subj", "/O=Postfix TLS reuse tests/CN=" + name,
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                     "-out", self.cert)
+
+    def issue(self, name, dns_names, rsa=False, days=30):
+        """Issue a server certificate for dns_names (the first is the CN)."""
+        key = os.path.join(self.dir, name + ".key")
+        csr = os.path.join(self.dir, name + ".csr")
+        crt = os.path.join(self.dir, name + ".pem")
+        ext = os.path.join(self.dir, name + ".ext")
+        if rsa:
+            _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt",
+                     "rsa_keygen_bits:2048", "-out", key)
+        else:
+            _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                     "-out", key)
+        _openssl("req", "-new", "-key", key, "-subj", "/CN=" + dns_names[0],
+                 "-out", csr)
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\n"
+                    "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                    "extendedKeyUsage=serverAuth\n"
+                    "subjectAltName=" + ",".join("DNS:" + n for n in dns_names) + "\n")
+        self._serial += 1
+        _openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
+                 "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
+                 "-days", str(days), "-sha256", "-extfile", ext, "-out", crt)
+        chain = os.path.join(self.dir, name + ".chain.pem")
+        with open(chain, "w") as out:
+            for part in (key, crt, self.cert):
+                with open(part) as f:
+                    out.write(f.read())
+        os.chmod(key, 0o600)
+        os.chmod(chain, 0o600)
+        return Cert(name, key, crt, chain)
