@@ -1,0 +1,108 @@
+"""A second SMTP server implementation as a test peer: Debian's aiosmtpd.
+
+Run as a program (Debian's /usr/bin/python3):
+    aioreceiver.py --listen 127.0.0.20:25 --chain server.chain.pem \
+        --store DIR --events FILE [--min-tls TLSv1.2] [--max-tls TLSv1.3]
+
+It offers STARTTLS with the given key+certificate chain, stores every message
+as DIR/<n>.eml (bytes as received, CRLF line ends, dots unstuffed), and
+appends one JSON line per event to FILE:
+    {"ev": "ready"}
+    {"ev": "connect", "conn": n}
+    {"ev": "tls", "conn": n, "version": ..., "cipher": ..., "resumed": bool}
+    {"ev": "message", "conn": n, "tls": bool, "file": ..., "size": ...}
+SIGTERM stops it.
+"""
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import ssl
+
+from aiosmtpd.smtp import SMTP
+
+counter = itertools.count(1)
+
+
+class Recorder:
+    def __init__(self, store, events):
+        self.store = store
+        self.events = open(events, "a", buffering=1)
+        self.seq = itertools.count(1)
+
+    def emit(self, **ev):
+        self.events.write(json.dumps(ev) + "\n")
+
+    # aiosmtpd hooks
+    def handle_STARTTLS(self, server, session, envelope):
+        sslobj = session.ssl.get("ssl_object")
+        self.emit(ev="tls", conn=server.conn_id,
+                  version=sslobj.version() if sslobj else None,
+                  cipher=sslobj.cipher()[0] if sslobj else None,
+                  resumed=bool(sslobj and sslobj.session_reused))
+        return True
+
+    async def handle_DATA(self, server, session, envelope):
+        path = os.path.join(self.store, "%06d.eml" % next(self.seq))
+        with open(path + ".tmp", "wb") as f:
+            f.write(envelope.original_content)
+        os.rename(path + ".tmp", path)
+        self.emit(ev="message", conn=server.conn_id, tls=server._tls_protocol is not None,
+                  file=path, size=len(envelope.original_content),
+                  mail_from=envelope.mail_from, rcpt=envelope.rcpt_tos)
+        return "250 2.0.0 Ok: stored"
+
+
+class CountingSMTP(SMTP):
+    def connection_made(self, transport):
+        if self._original_transport is None:
+            self.conn_id = next(counter)
+            self.event_handler.emit(ev="connect", conn=self.conn_id)
+        super().connection_made(transport)
+
+
+def tls_version(name):
+    return {"TLSv1.2": ssl.TLSVersion.TLSv1_2,
+            "TLSv1.3": ssl.TLSVersion.TLSv1_3}[name]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True)
+    ap.add_argument("--chain", required=True)
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--events", required=True)
+    ap.add_argument("--hostname", default="aiosmtpd.test")
+    ap.add_argument("--min-tls", default="TLSv1.2")
+    ap.add_argument("--max-tls", default="TLSv1.3")
+    args = ap.parse_args()
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.chain)
+    ctx.minimum_version = tls_version(args.min_tls)
+    ctx.maximum_version = tls_version(args.max_tls)
+    os.makedirs(args.store, exist_ok=True)
+    rec = Recorder(args.store, args.events)
+    host, port = args.listen.rsplit(":", 1)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(loop.create_server(
+        lambda: CountingSMTP(rec, hostname=args.hostname, tls_context=ctx,
+                             require_starttls=False, data_size_limit=64 << 20,
+                             decode_data=False, loop=loop),
+        host=host, port=int(port), reuse_address=True))
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.add_signal_handler(signal.SIGINT, loop.stop)
+    rec.emit(ev="ready")
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

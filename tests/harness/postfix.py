@@ -1,0 +1,263 @@
+"""Private Postfix instances made from a tree built by scripts/build.
+
+One installation (build/inst/<flavour>) serves any number of instances.  An
+instance has its own config, queue and data directories under its base
+directory, logs through postlogd to <base>/maillog, and listens only on the
+loopback addresses that its master.cf names.  The default "smtp inet" service
+is removed so that instances never fight over 127.0.0.1:25.
+
+    pf = Postfix("sender", base, flavour="patched")
+    pf.main.update(smtp_tls_security_level="encrypt")
+    pf.add_service("127.0.0.1:10025 inet n - n - - smtpd")
+    pf.start() ... pf.stop()
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+INST = os.path.join(TOP, "build", "inst")
+
+# maillog_file lines: "<time> <host> <ident>[<pid>]: <text>"
+LOG_RE = re.compile(r"^(\S+(?: +\S+ +\S+)?) \S+ ([^\s\[]+)\[(\d+)\]: (.*)$")
+
+
+def installed(flavour):
+    return os.path.exists(os.path.join(INST, flavour, "sbin", "postfix"))
+
+
+class Postfix:
+    def __init__(self, name, base, flavour="patched", tlsproxy=True):
+        self.name = name
+        self.flavour = flavour
+        self.inst = os.path.join(INST, flavour)
+        if not installed(flavour):
+            raise RuntimeError("Postfix %s is not built: run 'make build%s'"
+                               % (flavour, "" if flavour == "patched" else "-stock"))
+        self.base = base
+        self.conf = os.path.join(base, "etc")
+        self.queue = os.path.join(base, "queue")
+        self.data = os.path.join(base, "data")
+        self.maillog = os.path.join(base, "maillog")
+        self.tlsproxy = tlsproxy
+        self.services = []
+        self.running = False
+        self.main = {
+            "compatibility_level": "3.10",
+            "queue_directory": self.queue,
+            "data_directory": self.data,
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "syslog_name": name,
+            "maillog_file": self.maillog,
+            "maillog_file_prefixes": "/var, /dev/stdout, " + base,
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "myhostname": name + ".test",
+            "mydomain": "test",
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "mynetworks": "127.0.0.0/8",
+            "relayhost": "",
+            "local_transport": "error:local delivery is disabled here",
+            "alias_maps": "",
+            "alias_database": "",
+            "biff": "no",
+            "smtputf8_enable": "no",
+            "smtpd_peername_lookup": "no",
+            "smtp_host_lookup": "native",
+            # Nothing may leave the machine: unknown destinations bounce.
+            "default_transport": "error:no route in this test",
+            "relay_transport": "error:no route in this test",
+            "message_size_limit": "52428800",
+            "mailbox_size_limit": "0",
+        }
+        os.makedirs(self.conf, exist_ok=True)
+
+    # -- configuration --------------------------------------------------
+
+    def cmd(self, prog):
+        return os.path.join(self.inst, "sbin", prog)
+
+    def add_service(self, line):
+        self.services.append(line)
+
+    def write_table(self, name, entries):
+        """Write a texthash table and backdate it (fresh tables are 'hot')."""
+        path = os.path.join(self.conf, name)
+        with open(path, "w") as f:
+            for k, v in entries.items():
+                f.write("%s\t%s\n" % (k, v))
+        past = time.time() - 60
+        os.utime(path, (past, past))
+        return "texthash:" + path
+
+    def _master_cf(self):
+        with open(os.path.join(self.inst, "etc", "postfix", "master.cf")) as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            if re.match(r"^smtp\s+inet\s", line):
+                line = "#" + line
+            elif re.match(r"^#tlsproxy\s+unix\s", line) and self.tlsproxy:
+                line = line[1:]
+            out.append(line)
+        out.append("# services added by the test harness")
+        out.extend(self.services)
+        return "\n".join(out) + "\n"
+
+    def write_config(self):
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            for k, v in self.main.items():
+                f.write("%s = %s\n" % (k, v))
+        with open(os.path.join(self.conf, "master.cf"), "w") as f:
+            f.write(self._master_cf())
+
+    def postconf(self, *args):
+        return subprocess.run([self.cmd("postconf"), "-c", self.conf] + list(args),
+                              check=True, capture_output=True, text=True).stdout
+
+    def set(self, **params):
+        """Change main.cf; a running instance is reloaded."""
+        self.main.update({k: str(v) for k, v in params.items()})
+        self.write_config()
+        if self.running:
+            self.reload()
+
+    # -- life cycle -----------------------------------------------------
+
+    def _postfix(self, *args, check=True):
+        return subprocess.run([self.cmd("postfix"), "-c", self.conf] + list(args),
+                              check=check, capture_output=True, text=True)
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.queue, "pid", "master.pid")) as f:
+                pid = int(f.read().split()[0])
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def children(self, process=None):
+        """PIDs of the master's children, optionally only those named process."""
+        master = self.master_pid()
+        found = []
+        if master is None:
+            return found
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+                ppid = int(st[st.rindex(")") + 2:].split()[1])
+                if ppid != master:
+                    continue
+                if process:
+                    with open("/proc/%s/cmdline" % d, "rb") as f:
+                        argv0 = f.read().split(b"\0")[0].decode()
+                    if os.path.basename(argv0) != process:
+                        continue
+                found.append(int(d))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def start(self):
+        os.makedirs(self.queue, exist_ok=True)
+        os.makedirs(self.data, exist_ok=True)
+        shutil.chown(self.data, "postfix", "postfix")
+        self.write_config()
+        r = self._postfix("start", check=False)
+        if r.returncode != 0:
+            raise RuntimeError("postfix start failed for %s:\n%s%s\n%s" % (
+                self.name, r.stdout, r.stderr, self.log_tail()))
+        self.running = True
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.master_pid() and self.children("qmgr") and self.children("pickup"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("%s: master, qmgr or pickup did not start\n%s"
+                           % (self.name, self.log_tail()))
+
+    def reload(self):
+        self.write_config()
+        self._postfix("reload")
+
+    def stop(self):
+        """Stop this instance; kill its master only if a clean stop fails."""
+        if not self.running:
+            return
+        pid = self.master_pid()
+        self._postfix("stop", check=False)
+        deadline = time.time() + 15
+        while pid and time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            if pid:
+                for child in self.children():
+                    os.kill(child, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        self.running = False
+
+    # -- queue ----------------------------------------------------------
+
+    def flush(self):
+        subprocess.run([self.cmd("postqueue"), "-c", self.conf, "-f"], check=True)
+
+    def queued(self):
+        """The queue as a list of dicts (postqueue -j)."""
+        out = subprocess.run([self.cmd("postqueue"), "-c", self.conf, "-j"],
+                             check=True, capture_output=True, text=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # -- logs -----------------------------------------------------------
+
+    def log_records(self):
+        """(ident, pid, text) for every line of the maillog."""
+        try:
+            with open(self.maillog, errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        recs = []
+        for line in lines:
+            m = LOG_RE.match(line)
+            if m:
+                recs.append((m.group(2), int(m.group(3)), m.group(4)))
+        return recs
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.maillog, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except FileNotFoundError:
+            return "(no maillog yet)"
+
+    def grep(self, pattern, ident=None):
+        rx = re.compile(pattern)
+        return [t for (i, _, t) in self.log_records()
+                if rx.search(t) and (ident is None or i == ident or i.endswith("/" + ident))]
+
+    def wait_log(self, pattern, count=1, timeout=60, ident=None):
+        deadline = time.time() + timeout
+        while True:
+            found = self.grep(pattern, ident)
+            if len(found) >= count:
+                return found
+            if time.time() > deadline:
+                raise AssertionError("%s: %d of %d log lines matching %r after %ds\n%s"
+                                     % (self.name, len(found), count, pattern,
+                                        timeout, self.log_tail()))
+            time.sleep(0.2)

@@ -1,0 +1,223 @@
+"""Receiving SMTP servers with real TLS, and counts taken at their side.
+
+PostfixReceiver: a Postfix smtpd instance on one or more 127.0.0.x:25
+addresses.  Each listener logs under its own syslog_name (<name>/<address>),
+so connections, TLS handshakes and messages are counted per address from the
+receiver's own log.  Mail is discarded, or stored (virtual(8) Maildir) for
+content checks.
+
+AioReceiver: Debian's aiosmtpd (a different SMTP and TLS implementation:
+Python's asyncio and ssl modules) on one address, see aioreceiver.py.
+
+Both give counts() -> Counts and messages() -> [bytes].
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .postfix import Postfix
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Counts:
+    connections: int = 0        # TCP connections accepted
+    handshakes: int = 0         # TLS handshakes completed (full + resumed)
+    resumed: int = 0            # of which resumed sessions
+    messages: int = 0           # messages accepted (end of DATA)
+    plaintext_messages: int = 0  # messages accepted without TLS
+    tls: list = field(default_factory=list)   # (protocol, cipher) per handshake
+
+    def __add__(self, o):
+        return Counts(self.connections + o.connections, self.handshakes + o.handshakes,
+                      self.resumed + o.resumed, self.messages + o.messages,
+                      self.plaintext_messages + o.plaintext_messages, self.tls + o.tls)
+
+
+TLS_RE = re.compile(r"TLS connection established from .*?: (\S+) with cipher (\S+)")
+
+
+class PostfixReceiver(Postfix):
+    def __init__(self, name, base, addresses, cert, store=False, flavour="stock",
+                 port=25, **tls):
+        super().__init__(name, base, flavour=flavour, tlsproxy=False)
+        self.addresses = list(addresses)
+        self.port = port
+        self.store = store
+        self.mailbox = os.path.join(base, "mail")
+        self.main.update({
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_chain_files": cert.chain,
+            "smtpd_tls_loglevel": "summary, cache",
+            "smtpd_tls_received_header": "yes",
+            "relay_domains": "static:ALL",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+            "smtpd_timeout": "300s",
+            "smtpd_client_connection_count_limit": "0",
+            "smtpd_client_connection_rate_limit": "0",
+        })
+        if store:
+            self.main.update({
+                "relay_transport": "virtual",
+                "virtual_mailbox_base": self.mailbox,
+                "virtual_mailbox_maps": "static:Maildir/",
+                "virtual_mailbox_domains": "",
+                "virtual_uid_maps": "static:65534",
+                "virtual_gid_maps": "static:65534",
+                "virtual_minimum_uid": "100",
+                "virtual_mailbox_limit": "0",
+            })
+        else:
+            self.main["relay_transport"] = "discard:"
+        self.main.update({k: str(v) for k, v in tls.items()})
+        for a in self.addresses:
+            self.add_service("%s:%d inet n - n - - smtpd -o syslog_name=%s/%s"
+                             % (a, port, name, a))
+
+    def start(self):
+        if self.store:
+            os.makedirs(self.mailbox, exist_ok=True)
+            os.chmod(self.mailbox, 0o1777)
+        super().start()
+
+    def counts(self, address=None):
+        """Counts for one listener address, or for all of them."""
+        if address is None:
+            total = Counts()
+            for a in self.addresses:
+                total += self.counts(a)
+            return total
+        ident = "%s/%s/smtpd" % (self.name, address)
+        c = Counts()
+        tls_pids = set()
+        for i, pid, text in self.log_records():
+            if i != ident:
+                continue
+            if text.startswith("connect from "):
+                c.connections += 1
+                tls_pids.discard(pid)
+            elif "TLS connection established from" in text:
+                c.handshakes += 1
+                tls_pids.add(pid)
+                m = TLS_RE.search(text)
+                if m:
+                    c.tls.append((m.group(1), m.group(2)))
+            elif text.endswith("Reusing old session") or "Reusing old session (" in text:
+                c.resumed += 1
+            elif re.match(r"[0-9A-Za-z]+: client=", text):
+                c.messages += 1
+                if pid not in tls_pids:
+                    c.plaintext_messages += 1
+        return c
+
+    def message_ids(self):
+        """Message-IDs of the messages this receiver accepted, in order."""
+        return re.findall(r"message-id=(\S+)", "\n".join(
+            self.grep(r"^[0-9A-Za-z]+: message-id=", ident=self.name + "/cleanup")))
+
+    def messages(self):
+        out = []
+        for path in sorted(glob.glob(os.path.join(self.mailbox, "Maildir", "new", "*")),
+                           key=os.path.getmtime):
+            with open(path, "rb") as f:
+                out.append(f.read())
+        return out
+
+
+class AioReceiver:
+    def __init__(self, name, base, address, cert, port=25, min_tls="TLSv1.2",
+                 max_tls="TLSv1.3"):
+        self.name = name
+        self.base = base
+        self.address = address
+        self.addresses = [address]
+        self.port = port
+        self.store = os.path.join(base, "store")
+        self.events = os.path.join(base, "events.jsonl")
+        self.logfile = os.path.join(base, "aiosmtpd.log")
+        self.args = ["/usr/bin/python3", os.path.join(HERE, "aioreceiver.py"),
+                     "--listen", "%s:%d" % (address, port), "--chain", cert.chain,
+                     "--store", self.store, "--events", self.events,
+                     "--min-tls", min_tls, "--max-tls", max_tls]
+        self.proc = None
+        os.makedirs(base, exist_ok=True)
+
+    def start(self):
+        log = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log,
+                                     start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if any(e["ev"] == "ready" for e in self._events()):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        with open(self.logfile, errors="replace") as f:
+            raise RuntimeError("aiosmtpd receiver did not start:\n" + f.read()[-2000:])
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def _events(self):
+        try:
+            with open(self.events) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def counts(self, address=None):
+        c = Counts()
+        for e in self._events():
+            if e["ev"] == "connect":
+                c.connections += 1
+            elif e["ev"] == "tls":
+                c.handshakes += 1
+                c.resumed += e["resumed"]
+                c.tls.append((e["version"], e["cipher"]))
+            elif e["ev"] == "message":
+                c.messages += 1
+                c.plaintext_messages += not e["tls"]
+        return c
+
+    def messages(self):
+        out = []
+        for e in self._events():
+            if e["ev"] == "message":
+                with open(e["file"], "rb") as f:
+                    out.append(f.read())
+        return out
+
+    def message_ids(self):
+        from .mailgen import header
+        return [header(m, "Message-ID") for m in self.messages()]
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+def port_open(address, port):
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,57 @@
+"""Baseline TLS connection reuse, counted at the receiving side.
+
+Messages are sent spaced 3 s apart: a back-to-back burst would be reused by
+qmgr's on-demand connection caching even when TLS reuse is broken, so only
+spaced mail shows whether a TLS connection survives between deliveries.  The
+sender raises smtp_connection_cache_time_limit and connection_cache_ttl_limit
+above the spacing (stock scache silently caps cache times at 2 s).
+"""
+
+import re
+
+import pytest
+
+from harness.world import wait_for
+
+N = 20
+SPACING = 3
+
+
+def conn_uses(sender):
+    return sorted(int(m) for t in sender.grep(r"status=sent")
+                  for m in re.findall(r"conn_use=(\d+)", t))
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["reuse-off", "reuse-on"])
+def test_spaced_messages_postfix_receiver(world, reuse):
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=reuse)
+    world.start()
+    ids = world.send(s, "user@d1.test", n=N, spacing=SPACING)
+    wait_for(lambda: r.counts().messages >= N, 60, "%d messages at the receiver" % N)
+    c = r.counts()
+    assert c.messages == N
+    assert sorted(r.message_ids()) == sorted(ids), "each message exactly once"
+    assert c.plaintext_messages == 0
+    if reuse:
+        assert (c.connections, c.handshakes) == (1, 1), c
+        assert conn_uses(s) == list(range(2, N + 1))
+        assert len(s.grep(r"TLS connection reused to 127\.0\.0\.10")) == N - 1
+    else:
+        assert (c.connections, c.handshakes) == (N, N), c
+        assert conn_uses(s) == []
+
+
+def test_spaced_messages_aiosmtpd_receiver(world):
+    """The same with a different SMTP/TLS implementation on the far side."""
+    n = 10
+    r = world.aio_receiver("aio", "127.0.0.11")
+    s = world.sender({"d2.test": "[127.0.0.11]:25"}, reuse=True)
+    world.start()
+    ids = world.send(s, "user@d2.test", n=n, spacing=SPACING)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages at aiosmtpd" % n)
+    c = r.counts()
+    assert c.messages == n and c.plaintext_messages == 0
+    assert sorted(r.message_ids()) == sorted(ids)
+    assert (c.connections, c.handshakes) == (1, 1), c
+    assert conn_uses(s) == list(range(2, n + 1))
