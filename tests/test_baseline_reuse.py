@@ -22,10 +22,12 @@ def conn_uses(sender):
                   for m in re.findall(r"conn_use=(\d+)", t))
 
 
-@pytest.mark.parametrize("reuse", [False, True], ids=["reuse-off", "reuse-on"])
-def test_spaced_messages_postfix_receiver(world, reuse):
+@pytest.mark.parametrize("flavour, reuse", [
+    ("patched", False), ("patched", True), ("stock", True)],
+    ids=["patched-reuse-off", "patched-reuse-on", "stock-reuse-on"])
+def test_spaced_messages_postfix_receiver(world, flavour, reuse):
     r = world.postfix_receiver("r1", ["127.0.0.10"])
-    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=reuse)
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=reuse, flavour=flavour)
     world.start()
     ids = world.send(s, "user@d1.test", n=N, spacing=SPACING)
     wait_for(lambda: r.counts().messages >= N, 60, "%d messages at the receiver" % N)
@@ -55,3 +57,20 @@ def test_spaced_messages_aiosmtpd_receiver(world):
     assert sorted(r.message_ids()) == sorted(ids)
     assert (c.connections, c.handshakes) == (1, 1), c
     assert conn_uses(s) == list(range(2, n + 1))
+
+
+def test_control_spaced_mail_not_reused_past_stock_ttl_cap(world):
+    """Negative control: the counts above can show broken reuse.  Stock
+    scache caps every cache time at connection_cache_ttl_limit (default
+    2 s), so with that default, mail spaced 3 s apart gets a new connection
+    and handshake each time although smtp_tls_connection_reuse = yes."""
+    n = 6
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, flavour="stock")
+    del s.main["connection_cache_ttl_limit"]
+    world.start()
+    world.send(s, "user@d1.test", n=n, spacing=SPACING)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    c = r.counts()
+    assert (c.messages, c.connections, c.handshakes) == (n, n, n), c
+    assert conn_uses(s) == []

@@ -10,10 +10,10 @@ Everything a World starts is stopped when the with-block ends, pass or fail.
 Files stay in build/run/<name>/ for post-mortem reading.
 """
 
-import itertools
 import os
 import shutil
 import smtplib
+import socket
 import time
 
 from .pki import TestCA
@@ -22,7 +22,13 @@ from .receivers import PostfixReceiver, AioReceiver
 from . import mailgen
 
 RUN = os.path.join(TOP, "build", "run")
-_ports = itertools.count(10025)
+
+
+def free_port(address="127.0.0.1"):
+    """A TCP port that is free now (for a listener that Postfix will open)."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
 
 
 class World:
@@ -84,7 +90,7 @@ class World:
         scache's TTL cap is raised to cache_time."""
         s = Postfix(name, os.path.join(self.dir, name), flavour=flavour or self.flavour,
                     tlsproxy=tlsproxy)
-        s.inject_port = next(_ports)
+        s.inject_port = free_port()
         s.add_service("127.0.0.1:%d inet n - n - - smtpd -o syslog_name=%s/inject "
                       "-o smtpd_tls_security_level=none" % (s.inject_port, name))
         hosts = sorted({n.split("]")[0].lstrip("[") for n in routes.values()})
