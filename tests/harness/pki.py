@@ -56,6 +56,10 @@ class TestCA:
                      "-addext", "keyUsage=critical,keyCertSign,cRLSign",
                      "-out", self.cert)
 
+    def spki_sha256(self):
+        """SHA-256 of the CA's DER SubjectPublicKeyInfo (TLSA 2 1 1 data)."""
+        return Cert("ca", self.key, self.cert, self.cert).spki_sha256()
+
     def issue(self, name, dns_names, rsa=False, days=30):
         """Issue a server certificate for dns_names (the first is the CN)."""
         key = os.path.join(self.dir, name + ".key")

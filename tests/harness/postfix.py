@@ -47,6 +47,8 @@ class Postfix:
         self.tlsproxy = tlsproxy
         self.services = []
         self.running = False
+        # A file to see as /etc/resolv.conf, or None for the host's (dns.py).
+        self.resolv_conf = None
         self.main = {
             "compatibility_level": "3.10",
             "queue_directory": self.queue,
@@ -132,8 +134,14 @@ class Postfix:
     # -- life cycle -----------------------------------------------------
 
     def _postfix(self, *args, check=True):
-        return subprocess.run([self.cmd("postfix"), "-c", self.conf] + list(args),
-                              check=check, capture_output=True, text=True)
+        argv = [self.cmd("postfix"), "-c", self.conf] + list(args)
+        if self.resolv_conf and args[:1] == ("start",):
+            # The master and its children live in a private mount namespace
+            # where resolv_conf is mounted over /etc/resolv.conf (dns.py).
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+                    self.resolv_conf] + argv
+        return subprocess.run(argv, check=check, capture_output=True, text=True)
 
     def master_pid(self):
         try:
