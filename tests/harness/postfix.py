@@ -33,6 +33,8 @@ def installed(flavour):
 
 class Postfix:
     def __init__(self, name, base, flavour="patched", tlsproxy=True):
+        """tlsproxy: True enables the tlsproxy service in master.cf, False
+        disables it, None leaves the installed master.cf as it is."""
         self.name = name
         self.flavour = flavour
         self.inst = os.path.join(INST, flavour)
@@ -108,6 +110,8 @@ class Postfix:
                 line = "#" + line
             elif re.match(r"^#tlsproxy\s+unix\s", line) and self.tlsproxy:
                 line = line[1:]
+            elif re.match(r"^tlsproxy\s+unix\s", line) and self.tlsproxy is False:
+                line = "#" + line
             out.append(line)
         out.append("# services added by the test harness")
         out.extend(self.services)
@@ -177,11 +181,15 @@ class Postfix:
                 continue
         return found
 
-    def start(self):
+    def prepare(self):
+        """Directories and configuration, as needed before any command."""
         os.makedirs(self.queue, exist_ok=True)
         os.makedirs(self.data, exist_ok=True)
         shutil.chown(self.data, "postfix", "postfix")
         self.write_config()
+
+    def start(self):
+        self.prepare()
         r = self._postfix("start", check=False)
         if r.returncode != 0:
             raise RuntimeError("postfix start failed for %s:\n%s%s\n%s" % (

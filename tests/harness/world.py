@@ -82,12 +82,13 @@ class World:
         return r
 
     def sender(self, routes, reuse=False, level="encrypt", flavour=None,
-               tlsproxy=True, cache_time=30, name="sender", **main):
+               tlsproxy=True, cache_time=30, name="sender", tuned=True, **main):
         """A Postfix sender that routes each domain to its nexthop.
 
-        routes: {"d1.test": "[127.0.0.10]:25", ...}.  With reuse, connections
+        routes: {"d1.test": "[127.0.0.10]:25", ...}.  When tuned, connections
         to those nexthop hosts are always cached (spaced mail is reusable), and
-        scache's TTL cap is raised to cache_time."""
+        the cache time and scache's TTL cap are raised to cache_time; with
+        tuned=False the connection cache settings are Postfix's defaults."""
         s = Postfix(name, os.path.join(self.dir, name), flavour=flavour or self.flavour,
                     tlsproxy=tlsproxy)
         s.inject_port = free_port()
@@ -101,10 +102,13 @@ class World:
             "smtp_tls_CAfile": self.ca.cert,
             "smtp_tls_loglevel": "1",
             "smtp_tls_connection_reuse": "yes" if reuse else "no",
-            "smtp_connection_cache_destinations": " ".join(hosts),
-            "smtp_connection_cache_time_limit": "%ds" % cache_time,
-            "connection_cache_ttl_limit": "%ds" % cache_time,
         })
+        if tuned:
+            s.main.update({
+                "smtp_connection_cache_destinations": " ".join(hosts),
+                "smtp_connection_cache_time_limit": "%ds" % cache_time,
+                "connection_cache_ttl_limit": "%ds" % cache_time,
+            })
         s.main.update({k: str(v) for k, v in main.items()})
         self.things.append(s)
         return s

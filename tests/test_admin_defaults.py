@@ -1,0 +1,164 @@
+"""TLS connection reuse as an administrator turns it on (issue: coherent
+defaults, honest errors, no silent misconfiguration).
+
+Each behaviour is asserted for the patched build, and, where upstream
+differs, the stock build's behaviour is asserted too: that documents what
+the series changes and shows that the test can tell the difference.
+Reuse is measured with spaced messages and counted at the receiver.
+"""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from harness.postfix import TOP
+from harness.world import wait_for
+
+SPACING = 3
+
+
+def conn_uses(sender):
+    return sorted(int(m) for t in sender.grep(r"status=sent")
+                  for m in re.findall(r"conn_use=(\d+)", t))
+
+
+def test_reuse_yes_alone_reuses_spaced_mail(world):
+    """Only smtp_tls_connection_reuse = yes in main.cf; master.cf and every
+    connection cache setting as installed: 20 messages 3 s apart ride one
+    TLS connection."""
+    n = 20
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tuned=False,
+                     tlsproxy=None)
+    world.start()
+    ids = world.send(s, "user@d1.test", n=n, spacing=SPACING)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    c = r.counts()
+    assert c.messages == n and c.plaintext_messages == 0
+    assert sorted(r.message_ids()) == sorted(ids)
+    assert (c.connections, c.handshakes) == (1, 1), c
+    assert conn_uses(s) == list(range(2, n + 1))
+    assert not s.grep(r"warning: .*(service is unavailable|exceeds)")
+
+
+def test_reuse_yes_alone_stock_defers_everything(world):
+    """Stock 3.10.13 with the same configuration: the default master.cf has
+    no tlsproxy service, so every TLS delivery is deferred as a 'handshake
+    failure'."""
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tuned=False,
+                     tlsproxy=None, flavour="stock")
+    world.start()
+    world.send(s, "user@d1.test")
+    s.wait_log(r"status=deferred \(Cannot start TLS: handshake failure\)")
+    assert r.counts().messages == 0
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+@pytest.mark.parametrize("level", ["encrypt", "may"])
+def test_tlsproxy_unavailable(world, flavour, level):
+    """No tlsproxy service: the patched client says so, and defers at every
+    level; stock says 'handshake failure' and, at level may, falls back to
+    plaintext when it retries the message (after minimal_backoff_time, made
+    short here)."""
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, level=level,
+                     tlsproxy=False, flavour=flavour, minimal_backoff_time="1s",
+                     maximal_backoff_time="2s", queue_run_delay="1s")
+    world.start()
+    world.send(s, "user@d1.test")
+    if flavour == "patched":
+        s.wait_log(r"status=deferred \(Cannot start TLS: the tlsproxy service "
+                   r"is unavailable\)", count=3)
+        assert s.grep(r"^warning: TLS connection reuse is enabled, but the tlsproxy "
+                      r"service is unavailable; master.cf needs an entry "
+                      r"\"tlsproxy unix - - n - 0 tlsproxy\"")
+        assert r.counts().messages == 0
+    elif level == "encrypt":
+        s.wait_log(r"status=deferred \(Cannot start TLS: handshake failure\)")
+        assert r.counts().messages == 0
+    else:
+        s.wait_log(r"status=sent")
+        c = r.counts()
+        assert (c.messages, c.plaintext_messages) == (1, 1)
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+def test_postfix_check_warns_without_tlsproxy(world, flavour):
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tlsproxy=False,
+                     flavour=flavour)
+    s.prepare()
+    out = subprocess.run([s.cmd("postfix"), "-c", s.conf, "check"],
+                         capture_output=True, text=True)
+    text = out.stdout + out.stderr + s.log_tail(50)
+    warned = ("smtp_tls_connection_reuse = yes, but master.cf has no "
+              "'tlsproxy unix' service" in text)
+    assert warned == (flavour == "patched"), text
+
+
+def test_cache_time_above_ttl_cap_warns(world):
+    """A cache time limit above connection_cache_ttl_limit is reported at
+    smtp(8) start-up instead of being truncated in silence."""
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tuned=False,
+                     smtp_connection_cache_time_limit="40s",
+                     smtp_tls_connection_cache_time_limit="45s")
+    world.start()
+    world.send(s, "user@d1.test")
+    s.wait_log(r"status=sent")
+    assert s.grep(r"^warning: smtp_connection_cache_time_limit \(40s\) exceeds "
+                  r"connection_cache_ttl_limit \(30s\): unused connections are "
+                  r"kept for only 30s")
+    assert s.grep(r"^warning: smtp_tls_connection_cache_time_limit \(45s\) exceeds "
+                  r"connection_cache_ttl_limit \(30s\): unused TLS connections "
+                  r"are kept for only 30s")
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+def test_bracketed_cache_destination(world, flavour):
+    """Plaintext connection caching for '[127.0.0.10]:25' as written in the
+    transport map: the patched client matches it, stock never does."""
+    n = 5
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, level="none", tuned=False,
+                     flavour=flavour,
+                     smtp_connection_cache_destinations="[127.0.0.10]:25",
+                     smtp_connection_cache_time_limit="10s")
+    world.start()
+    world.send(s, "user@d1.test", n=n, spacing=SPACING)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    c = r.counts()
+    assert c.messages == n
+    assert c.connections == (1 if flavour == "patched" else n), c
+
+
+@pytest.mark.parametrize("reuse, flavour", [
+    (False, "patched"), (True, "patched"), (True, "stock")],
+    ids=["in-process", "patched-reuse", "stock-reuse"])
+def test_policy_failure_honoured(world, reuse, flavour):
+    """A TLS policy with policy_failure (an MTA-STS plugin's verdict) must
+    fail the TLS handshake with or without connection reuse.  Stock
+    3.10.13 ignores it when reuse is on and delivers."""
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=reuse, flavour=flavour)
+    s.main["smtp_tls_policy_maps"] = s.write_table("tls_policy", {
+        "[127.0.0.10]:25": "secure match=mx-r1.test policy_type=sts "
+                           "policy_domain=d1.test policy_failure=sts-webpki-invalid"})
+    world.start()
+    world.send(s, "user@d1.test")
+    if flavour == "stock":
+        s.wait_log(r"status=sent")
+        assert r.counts().messages == 1
+    else:
+        s.wait_log(r"status=deferred")
+        assert s.grep(r"external policy failure \(sts-webpki-invalid\)")
+        assert r.counts().messages == 0
+
+
+def test_release_notes_name_the_accepted_policy_attribute():
+    with open(os.path.join(TOP, "build", "postfix-3.10.13", "RELEASE_NOTES-3.4")) as f:
+        text = f.read()
+    assert '"connection_reuse=yes" in smtp_tls_policy_maps' in text
+    assert not re.search(r'"tls_connection_reuse=yes"', text)
