@@ -1,6 +1,6 @@
 # Postfix TLS connection reuse patch series: build, test, demo.
 #
-#   make demo     build the patched Postfix (and what it needs) and run the demo
+#   make demo     build patched and stock Postfix (as needed) and run the demo
 #   make check    build everything and run all tests (what CI runs)
 #
 # Other targets:
@@ -47,7 +47,7 @@ check: deps build build-stock
 unit: deps build
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
 
-demo: deps build
+demo: deps build build-stock
 	$(PYTHON) demo/demo.py
 
 clean:

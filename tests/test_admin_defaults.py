@@ -19,11 +19,6 @@ from harness.world import wait_for
 SPACING = 3
 
 
-def conn_uses(sender):
-    return sorted(int(m) for t in sender.grep(r"status=sent")
-                  for m in re.findall(r"conn_use=(\d+)", t))
-
-
 def test_reuse_yes_alone_reuses_spaced_mail(world):
     """Only smtp_tls_connection_reuse = yes in main.cf; master.cf and every
     connection cache setting as installed: 20 messages 3 s apart ride one
@@ -39,7 +34,7 @@ def test_reuse_yes_alone_reuses_spaced_mail(world):
     assert c.messages == n and c.plaintext_messages == 0
     assert sorted(r.message_ids()) == sorted(ids)
     assert (c.connections, c.handshakes) == (1, 1), c
-    assert conn_uses(s) == list(range(2, n + 1))
+    assert s.conn_uses() == list(range(2, n + 1))
     assert not s.grep(r"warning: .*(service is unavailable|exceeds)")
 
 
@@ -101,7 +96,7 @@ def test_postfix_check_warns_without_tlsproxy(world, flavour):
 def test_cache_time_above_ttl_cap_warns(world):
     """A cache time limit above connection_cache_ttl_limit is reported at
     smtp(8) start-up instead of being truncated in silence."""
-    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    world.postfix_receiver("r1", ["127.0.0.10"])
     s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tuned=False,
                      smtp_connection_cache_time_limit="40s",
                      smtp_tls_connection_cache_time_limit="45s")

@@ -7,19 +7,12 @@ sender raises smtp_connection_cache_time_limit and connection_cache_ttl_limit
 above the spacing (stock scache silently caps cache times at 2 s).
 """
 
-import re
-
 import pytest
 
 from harness.world import wait_for
 
 N = 20
 SPACING = 3
-
-
-def conn_uses(sender):
-    return sorted(int(m) for t in sender.grep(r"status=sent")
-                  for m in re.findall(r"conn_use=(\d+)", t))
 
 
 @pytest.mark.parametrize("flavour, reuse", [
@@ -37,11 +30,11 @@ def test_spaced_messages_postfix_receiver(world, flavour, reuse):
     assert c.plaintext_messages == 0
     if reuse:
         assert (c.connections, c.handshakes) == (1, 1), c
-        assert conn_uses(s) == list(range(2, N + 1))
+        assert s.conn_uses() == list(range(2, N + 1))
         assert len(s.grep(r"TLS connection reused to 127\.0\.0\.10")) == N - 1
     else:
         assert (c.connections, c.handshakes) == (N, N), c
-        assert conn_uses(s) == []
+        assert s.conn_uses() == []
 
 
 def test_spaced_messages_aiosmtpd_receiver(world):
@@ -56,7 +49,7 @@ def test_spaced_messages_aiosmtpd_receiver(world):
     assert c.messages == n and c.plaintext_messages == 0
     assert sorted(r.message_ids()) == sorted(ids)
     assert (c.connections, c.handshakes) == (1, 1), c
-    assert conn_uses(s) == list(range(2, n + 1))
+    assert s.conn_uses() == list(range(2, n + 1))
 
 
 def test_control_spaced_mail_not_reused_past_stock_ttl_cap(world):
@@ -73,4 +66,4 @@ def test_control_spaced_mail_not_reused_past_stock_ttl_cap(world):
     wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
     c = r.counts()
     assert (c.messages, c.connections, c.handshakes) == (n, n, n), c
-    assert conn_uses(s) == []
+    assert s.conn_uses() == []

@@ -36,12 +36,11 @@ def flavour(request):
 
 # -- building blocks -----------------------------------------------------
 
-def mx_host(world, dns, name, address, zone=SIGNED, cert_names=None):
+def mx_host(world, dns, name, address, zone=SIGNED):
     """A Postfix receiver for MX host <name>.<zone> at address, with a test
-    CA certificate for that name (or cert_names), and its A record."""
+    CA certificate for that name, and its A record."""
     host = "%s.%s" % (name, zone)
-    r = world.postfix_receiver(name, [address],
-                               cert=world.cert(name, cert_names or [host]))
+    r = world.postfix_receiver(name, [address], cert=world.cert(name, [host]))
     r.host, r.address = host, address
     dns.host(host, address)
     return r
@@ -184,10 +183,12 @@ DEFERRALS = {
         None, "non DNSSEC destination", None),
     "dane-bogus-zone": (
         "dane", BOGUS, lambda w: [tlsa_ee(w.cert("mx1"))],
-        None, "Name service error for name=d1.bogus.test type=MX", None),
+        None, "Host or domain name not found. Name service error for "
+        "name=d1.bogus.test type=MX: Host not found, try again", None),
     "dane-only-bogus-zone": (
         "dane-only", BOGUS, lambda w: [tlsa_ee(w.cert("mx1"))],
-        None, "Name service error for name=d1.bogus.test type=MX", None),
+        None, "Host or domain name not found. Name service error for "
+        "name=d1.bogus.test type=MX: Host not found, try again", None),
     "secure-wrong-name": (
         "secure", SIGNED, lambda w: [],
         {"d1." + SIGNED: "secure match=other." + SIGNED},

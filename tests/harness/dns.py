@@ -146,6 +146,9 @@ class Unbound:
                 "verbosity: 1",
                 "interface: " + address,
                 "port: 53",
+                # Fail to start if another run holds the address, rather
+                # than sharing it (and its queries) with that run.
+                "so-reuseport: no",
                 "do-ip6: no",
                 "do-daemonize: no",
                 "use-syslog: no",
@@ -180,7 +183,8 @@ class Unbound:
             time.sleep(0.1)
         self.stop()
         with open(self.log, errors="replace") as f:
-            raise RuntimeError("unbound %s on %s did not start:\n%s"
+            raise RuntimeError("unbound %s on %s:53 did not start (is another test "
+                               "run using it?):\n%s"
                                % (self.name, self.address, f.read()[-2000:]))
 
     def stop(self):

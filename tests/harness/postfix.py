@@ -266,6 +266,12 @@ class Postfix:
         return [t for (i, _, t) in self.log_records()
                 if rx.search(t) and (ident is None or i == ident or i.endswith("/" + ident))]
 
+    def conn_uses(self):
+        """The conn_use=N values of delivered mail, sorted (a connection's
+        first delivery logs none)."""
+        return sorted(int(m) for t in self.grep(r"status=sent")
+                      for m in re.findall(r"conn_use=(\d+)", t))
+
     def wait_log(self, pattern, count=1, timeout=60, ident=None):
         deadline = time.time() + timeout
         while True:

@@ -7,9 +7,13 @@
         w.send(s, "user@d1.test", n=3, spacing=3)
 
 Everything a World starts is stopped when the with-block ends, pass or fail.
-Files stay in build/run/<name>/ for post-mortem reading.
+Files stay for post-mortem reading in a short directory under $PFX_RUN_ROOT
+(default /tmp/pfx-run: Postfix commands use UNIX-domain socket paths below
+the queue directory, limited to about 100 bytes), linked from
+build/run/<name>.
 """
 
+import hashlib
 import os
 import shutil
 import smtplib
@@ -22,6 +26,13 @@ from .receivers import PostfixReceiver, AioReceiver
 from . import mailgen
 
 RUN = os.path.join(TOP, "build", "run")
+SHORT_ROOT = os.environ.get("PFX_RUN_ROOT", "/tmp/pfx-run")
+
+
+def short_dir(name):
+    """A short directory for a world's files, unique per test name."""
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return os.path.join(SHORT_ROOT, "%s-%s" % (name[:24].rstrip("-_"), digest))
 
 
 def free_port(address="127.0.0.1"):
@@ -35,9 +46,17 @@ class World:
     def __init__(self, name, flavour="patched"):
         self.name = name
         self.flavour = flavour
-        self.dir = os.path.join(RUN, name)
+        self.dir = short_dir(name)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
+        link = os.path.join(RUN, name)
+        os.makedirs(RUN, exist_ok=True)
+        if os.path.islink(link) or os.path.exists(link):
+            if os.path.isdir(link) and not os.path.islink(link):
+                shutil.rmtree(link)
+            else:
+                os.unlink(link)
+        os.symlink(self.dir, link)
         self.ca = TestCA(os.path.join(self.dir, "pki"))
         self.things = []
         self._certs = {}

@@ -1,0 +1,129 @@
+"""Policy-exact TLS connection reuse: a delivery never rides a connection
+that was negotiated under a different TLS policy, and equivalent policies
+share connections across nexthops.
+
+Two nexthops name the same receiver address, "[127.0.0.13]" and
+"[127.0.0.13]:25", so that smtp_tls_policy_maps can give them different
+policies (the policy lookup key is the nexthop string).  A message for the
+"weak" nexthop is delivered first; 2 s later, while that connection is
+cached, a message for the "strict" nexthop follows.  The receiver's log
+tells whether the strict message arrived and over which connection.
+
+Each pair runs on stock 3.10.13 too; the closing note lists which pairs
+upstream gets wrong.  Stock expectations are asserted, so that the test
+shows the difference and fails if either build changes behaviour.
+"""
+
+import re
+import time
+
+import pytest
+
+from harness.pki import TestCA
+from harness.world import wait_for
+
+ADDR = "127.0.0.13"
+WEAK = "[%s]" % ADDR
+STRICT = "[%s]:25" % ADDR
+
+# The receiver offers TLS 1.2 only, with AES256 suites only.
+NARROW_SERVER = {"smtpd_tls_protocols": "<=TLSv1.2",
+                 "smtpd_tls_exclude_ciphers": "AES128, CHACHA20, ARIA, CAMELLIA"}
+
+
+def fingerprint_of(cert):
+    return cert.fingerprint("sha256")
+
+
+# (id, weak policy, strict policy, receiver settings, strict deliverable?)
+PAIRS = [
+    ("protocols", "encrypt", "encrypt protocols=>=TLSv1.3", NARROW_SERVER, False),
+    ("exclude", "encrypt", "encrypt exclude=AES256", NARROW_SERVER, False),
+    ("match-names", "secure match=mx-r1.test", "secure match=other.test", {}, False),
+    ("trust-anchor", "secure match=mx-r1.test",
+     "secure match=mx-r1.test tafile={other_ca}", {}, False),
+    ("fingerprint", "encrypt", "fingerprint match={wrong_fp}", {}, False),
+    ("level", "may", "secure match=other.test", {}, False),
+    ("servername", "encrypt", "encrypt servername=sni.test", {}, True),
+    ("ciphers", "encrypt ciphers=medium", "encrypt ciphers=high exclude=AES128", {}, True),
+]
+
+# What stock 3.10.13 does with the strict message: "rides" the weak
+# connection (the bug), or gets a "separate" connection.
+STOCK = {"protocols": "rides", "exclude": "rides", "servername": "rides",
+         "ciphers": "rides", "match-names": "separate", "trust-anchor": "separate",
+         "fingerprint": "separate", "level": "separate"}
+
+
+def receiver_connection_of(r, msgid):
+    """The smtpd process (connection) that accepted a message."""
+    qid = None
+    for ident, pid, text in r.log_records():
+        m = re.match(r"([0-9A-F]+): message-id=(\S+)", text)
+        if m and m.group(2) == msgid:
+            qid = m.group(1)
+    for ident, pid, text in r.log_records():
+        if qid and text.startswith(qid + ": client="):
+            return pid
+    return None
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+@pytest.mark.parametrize("pair", PAIRS, ids=[p[0] for p in PAIRS])
+def test_strict_policy_never_rides_weaker_connection(world, pair, flavour):
+    name, weak, strict, server, deliverable = pair
+    other_ca = TestCA(world.dir + "/other-ca", name="Other CA")
+    cert = world.cert("mx-r1")
+    weak = weak.format(other_ca=other_ca.cert, wrong_fp="00:" * 31 + "00")
+    strict = strict.format(other_ca=other_ca.cert, wrong_fp="11:" * 31 + "11")
+    r = world.postfix_receiver("r1", [ADDR], cert=cert, **server)
+    s = world.sender({"weak.test": WEAK, "strict.test": STRICT}, reuse=True,
+                     flavour=flavour, default_destination_concurrency_failed_cohort_limit=10)
+    s.main["smtp_tls_policy_maps"] = s.write_table("tls_policy", {
+        WEAK: weak, STRICT: strict})
+    world.start()
+
+    [weak_id] = world.send(s, "user@weak.test", tag="weak")
+    wait_for(lambda: weak_id in r.message_ids(), 30, "the weak message")
+    time.sleep(2)
+    [strict_id] = world.send(s, "user@strict.test", tag="strict")
+    s.wait_log(r"to=<user@strict\.test>.*status=(sent|deferred)", timeout=30)
+
+    arrived = strict_id in r.message_ids()
+    same_conn = arrived and (receiver_connection_of(r, strict_id)
+                             == receiver_connection_of(r, weak_id))
+    if flavour == "stock":
+        if STOCK[name] == "rides":
+            assert arrived and same_conn, "stock reuses the weak connection"
+        else:
+            assert not same_conn
+            assert arrived == deliverable
+        return
+    assert not same_conn, "strict mail rode a connection made for %r" % weak
+    assert arrived == deliverable, s.log_tail()
+    if not deliverable:
+        assert s.grep(r"to=<user@strict\.test>.*status=deferred")
+    assert r.counts().plaintext_messages == 0
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+def test_equivalent_policies_share_across_nexthops(world, flavour):
+    """Two nexthops for one receiver with the same 'secure' policy (fixed
+    match name): the patched client shares one connection; stock keys
+    certificate-checking levels by nexthop and makes one per nexthop."""
+    n = 6
+    r = world.postfix_receiver("r1", [ADDR], cert=world.cert("mx-r1"))
+    s = world.sender({"a.test": WEAK, "b.test": STRICT}, reuse=True, flavour=flavour)
+    policy = "secure match=mx-r1.test"
+    s.main["smtp_tls_policy_maps"] = s.write_table("tls_policy", {
+        WEAK: policy, STRICT: policy})
+    world.start()
+    for i in range(n):
+        if i:
+            time.sleep(2)
+        world.send(s, "user@%s" % ("a.test" if i % 2 == 0 else "b.test"))
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    c = r.counts()
+    assert c.messages == n and c.plaintext_messages == 0
+    assert len(s.grep(r"^Verified TLS connection established")) >= 1
+    assert c.handshakes == (1 if flavour == "patched" else 2), c
