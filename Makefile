@@ -10,6 +10,7 @@
 #   make build        build and install the patched tree under build/inst/patched
 #   make build-stock  the same for pristine upstream, under build/inst/stock
 #   make unit         upstream's own unit tests only
+#   make check-series build each patch in turn, with src/tls and src/smtp tests
 #
 # UPSTREAM_CACHE=dir takes the tarball from a local download cache (verified
 # by the same checksum) instead of Debian's archive.  PYTEST_ARGS=... passes
@@ -19,7 +20,7 @@ PYTHON      = /usr/bin/python3
 PYTEST_ARGS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock check unit demo deps clean distclean
+.PHONY: all fetch tree export build build-stock check check-series unit demo deps clean distclean
 
 all: build
 
@@ -46,6 +47,9 @@ check: deps build build-stock
 
 unit: deps build
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
+
+check-series: deps
+	scripts/check-series
 
 demo: deps build build-stock
 	$(PYTHON) demo/demo.py
