@@ -54,6 +54,12 @@ STOCK = {"protocols": "rides", "exclude": "rides", "servername": "rides",
          "ciphers": "rides", "match-names": "separate", "trust-anchor": "separate",
          "fingerprint": "separate", "level": "separate"}
 
+# The policy property that the patched client names when it does not reuse
+# the weak connection (None: any property).
+DIFFERS = {"protocols": "protocols", "exclude": "cipher_exclusions",
+           "match-names": "match", "trust-anchor": None, "fingerprint": "level",
+           "level": "level", "servername": "sni", "ciphers": "cipher_grade"}
+
 
 def receiver_connection_of(r, msgid):
     """The smtpd process (connection) that accepted a message."""
@@ -101,6 +107,11 @@ def test_strict_policy_never_rides_weaker_connection(world, pair, flavour):
         return
     assert not same_conn, "strict mail rode a connection made for %r" % weak
     assert arrived == deliverable, s.log_tail()
+    why = s.grep(r"^127\.0\.0\.13\[127\.0\.0\.13\]:25: not reusing a connection "
+                 r"that may be cached for a different TLS policy: (\S+) differs$")
+    assert why, "no diagnostic for the policy difference\n" + s.log_tail()
+    if DIFFERS[name]:
+        assert why[0].endswith(": %s differs" % DIFFERS[name]), why
     if not deliverable:
         assert s.grep(r"to=<user@strict\.test>.*status=deferred")
     assert r.counts().plaintext_messages == 0
@@ -127,3 +138,4 @@ def test_equivalent_policies_share_across_nexthops(world, flavour):
     assert c.messages == n and c.plaintext_messages == 0
     assert len(s.grep(r"^Verified TLS connection established")) >= 1
     assert c.handshakes == (1 if flavour == "patched" else 2), c
+    assert not s.grep(r"not reusing")
