@@ -68,11 +68,6 @@ def sent_via(sender, r):
                        % (re.escape(r.host), re.escape(r.address)), ident="smtp")
 
 
-def conn_uses(sender):
-    return sorted(int(m) for t in sender.grep(r"status=sent")
-                  for m in re.findall(r"conn_use=(\d+)", t))
-
-
 def deliver(world, s, r, rcpt, n, spacing=SPACING, before=0):
     """Send n messages spaced apart and wait until r has them all."""
     ids = world.send(s, rcpt, n=n, spacing=spacing)
@@ -162,7 +157,7 @@ def test_verified_reused(world, flavour, case):
     assert len(tls_log(s, "Verified", r)) == N, s.log_tail()
     assert len(s.grep(r"^Verified TLS connection established", ident="smtp")) == 1
     assert not s.grep(r"^(Trusted|Untrusted|Anonymous) TLS", ident="smtp")
-    assert conn_uses(s) == list(range(2, N + 1))
+    assert s.conn_uses() == list(range(2, N + 1))
     assert not s.grep(r"DNSSEC|TLSA", ident="smtp"), "no DNSSEC or TLSA warnings"
 
 
@@ -258,7 +253,9 @@ def test_unsigned_falls_back_to_may(world, flavour):
 
 def test_rollover_still_matches(world, flavour):
     """The domain owner replaces DANE-EE with DANE-TA; the server matches
-    both.  Delivery goes on, verified, before and after the rollover."""
+    both.  Delivery goes on, verified, before and after the rollover.  (How
+    is not asserted: stock reuses the cached connection without looking at
+    the new RRset; a new handshake checked against it is just as right.)"""
     dns = dns_world(world)
     r = mx_host(world, dns, "mx1", "127.0.1.10")
     dns.mx("d1." + SIGNED, r.host)
@@ -275,23 +272,23 @@ def test_rollover_still_matches(world, flavour):
 
 
 ROLLOVER_XFAIL = (
-    "upstream reuses a cached TLS connection that was verified against the "
-    "old TLSA RRset: the endpoint cache key (service, nexthop, address, port, "
-    "level) holds no TLSA data and smtp_reuse_addr() does not check the "
+    "stock upstream reuses a cached TLS connection that was verified against "
+    "the old TLSA RRset: the endpoint cache key (service, nexthop, address, "
+    "port, level) holds no TLSA data and smtp_reuse_addr() does not check the "
     "cached peer against the current RRset, so after the RRset changed to one "
     "the server no longer matches, mail is still delivered ('Verified TLS "
-    "connection reused') until the connection leaves the cache")
+    "connection reused') for as long as the connection stays cached")
 
 
-@pytest.mark.parametrize("reuse", [
-    False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=ROLLOVER_XFAIL))],
-    ids=["reuse-off", "reuse-on"])
-def test_rollover_no_longer_matches(world, flavour, reuse):
+@pytest.mark.parametrize("reuse", [False, True], ids=["reuse-off", "reuse-on"])
+def test_rollover_no_longer_matches(world, flavour, reuse, request):
     """The TLSA RRset changes to a key the server does not have (a rollover
     published wrong, or the old key revoked).  Once the old RRset's TTL has
     passed, the next delivery must be authenticated against the new RRset,
     so it must be deferred.  With reuse off this is the control showing that
     the new RRset is in force by then."""
+    if reuse and flavour == "stock":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ROLLOVER_XFAIL))
     dns = dns_world(world)
     r = mx_host(world, dns, "mx1", "127.0.1.10")
     dns.mx("d1." + SIGNED, r.host)

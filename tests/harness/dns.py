@@ -2,7 +2,8 @@
 "test.", served on loopback behind a validating resolver.
 
 Zones, all kept in Python, written out as zone files and signed with ldns
-(ldns-keygen, ldns-signzone, ldns-key2ds from Debian's ldnsutils):
+(ldns-keygen, ldns-signzone, ldns-key2ds from Debian's ldnsutils), one
+ECDSA P-256 key per signed zone:
 
     test.         the TLD, signed.  The DS of its key is the resolver's
                   only trust anchor.
@@ -132,9 +133,10 @@ class Zone:
 
 
 class Unbound:
-    """One unbound process in the foreground, with a unix control socket."""
+    """One unbound process in the foreground, with a unix control socket.
+    server: extra lines for the server clause; clauses: more clauses."""
 
-    def __init__(self, name, directory, address, body):
+    def __init__(self, name, directory, address, server, clauses):
         self.name = name
         self.dir = directory
         self.address = address
@@ -161,7 +163,7 @@ class Unbound:
                 # Answer for test. only; refuse the rest of the DNS.
                 'local-zone: "." refuse',
                 'local-zone: "%s." transparent' % TLD,
-            ]) + body + "remote-control:\n"
+            ] + server) + clauses + "remote-control:\n"
                 "    control-enable: yes\n"
                 '    control-interface: "%s"\n'
                 "    control-use-cert: no\n" % os.path.join(directory, name + ".ctl"))
@@ -198,13 +200,12 @@ class Unbound:
         self.proc = None
 
 
-def _auth_body(zones):
-    body = '    module-config: "iterator"\n'
-    for z in zones:
-        body += ('auth-zone:\n    name: "%s."\n    zonefile: "%s"\n'
-                 "    for-downstream: yes\n    for-upstream: no\n"
-                 "    fallback-enabled: no\nserver:\n" % (z.origin, z.served))
-    return body
+def _authoritative(name, directory, address, zones):
+    """An unbound that serves zones and nothing else."""
+    return Unbound(name, directory, address, ['module-config: "iterator"'], "".join(
+        'auth-zone:\n    name: "%s."\n    zonefile: "%s"\n    for-downstream: yes\n'
+        "    for-upstream: no\n    fallback-enabled: no\n" % (z.origin, z.served)
+        for z in zones))
 
 
 class DNSWorld:
@@ -230,7 +231,8 @@ class DNSWorld:
             self.parent.records += [(fqdn(z.origin), 60, "NS", z.ns),
                                     (z.ns, 60, "A", CHILD_ADDR)]
             self.add(z.ns, "A", CHILD_ADDR, ttl=60)
-        decoy = self.zones[BOGUS].keygen()      # signs nothing
+        # bogus.test's DS names a key that signs nothing: validation fails.
+        decoy = self.zones[BOGUS].keygen()
         self.parent.records += [
             (fqdn(SIGNED), 60, "DS", self._ds_rdata(self.zones[SIGNED].ds())),
             (fqdn(BOGUS), 60, "DS", self._ds_rdata(self.zones[BOGUS].ds(decoy)))]
@@ -242,20 +244,18 @@ class DNSWorld:
         with open(self.resolv_conf, "w") as f:
             f.write("nameserver %s\noptions trust-ad\n" % RESOLVER_ADDR)
 
-        self.parent_server = Unbound("parent", directory, PARENT_ADDR,
-                                     _auth_body([self.parent]))
-        self.child_server = Unbound("child", directory, CHILD_ADDR,
-                                    _auth_body(self.children))
-        self.resolver = Unbound("resolver", directory, RESOLVER_ADDR, "".join(
-            "    %s\n" % line for line in [
-                'module-config: "validator iterator"',
-                'trust-anchor-file: "%s"' % self.trust_anchor,
-                "do-not-query-localhost: no",
-                "aggressive-nsec: no",
-                "qname-minimisation: no",
-                "val-log-level: 2",
-                "log-servfail: yes",
-            ]) + 'stub-zone:\n    name: "%s."\n    stub-addr: %s\n' % (TLD, PARENT_ADDR))
+        self.parent_server = _authoritative("parent", directory, PARENT_ADDR,
+                                            [self.parent])
+        self.child_server = _authoritative("child", directory, CHILD_ADDR, self.children)
+        self.resolver = Unbound("resolver", directory, RESOLVER_ADDR, [
+            'module-config: "validator iterator"',
+            'trust-anchor-file: "%s"' % self.trust_anchor,
+            "do-not-query-localhost: no",
+            "aggressive-nsec: no",
+            "qname-minimisation: no",
+            "val-log-level: 2",
+            "log-servfail: yes",
+        ], 'stub-zone:\n    name: "%s."\n    stub-addr: %s\n' % (TLD, PARENT_ADDR))
 
     @staticmethod
     def _ds_rdata(ds_line):

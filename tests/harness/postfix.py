@@ -148,12 +148,21 @@ class Postfix:
         return subprocess.run(argv, check=check, capture_output=True, text=True)
 
     def master_pid(self):
+        """The running master's PID: from its pid file, or as remembered
+        at start-up (the file may be gone when the directory was removed)."""
         try:
             with open(os.path.join(self.queue, "pid", "master.pid")) as f:
                 pid = int(f.read().split()[0])
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError, IndexError):
+            pid = getattr(self, "started_pid", None)
+        if pid is None:
+            return None
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if not os.path.basename(f.read().split(b"\0")[0]) == b"master":
+                    return None
+            return pid
+        except OSError:
             return None
 
     def children(self, process=None):
@@ -198,6 +207,7 @@ class Postfix:
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.master_pid() and self.children("qmgr") and self.children("pickup"):
+                self.started_pid = self.master_pid()
                 return
             time.sleep(0.1)
         raise RuntimeError("%s: master, qmgr or pickup did not start\n%s"
