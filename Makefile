@@ -11,6 +11,7 @@
 #   make build-stock  the same for pristine upstream, under build/inst/stock
 #   make unit         upstream's own unit tests only
 #   make check-series build each patch in turn, with src/tls and src/smtp tests
+#   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~3 min)
 #
 # UPSTREAM_CACHE=dir takes the tarball from a local download cache (verified
 # by the same checksum) instead of Debian's archive.  PYTEST_ARGS=... passes
@@ -18,9 +19,10 @@
 
 PYTHON      = /usr/bin/python3
 PYTEST_ARGS =
+BENCH_ARGS  =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock check check-series unit demo deps clean distclean
+.PHONY: all fetch tree export build build-stock check check-series unit demo bench deps clean distclean
 
 all: build
 
@@ -50,6 +52,9 @@ unit: deps build
 
 check-series: deps
 	scripts/check-series
+
+bench: deps build build-stock
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 demo: deps build build-stock
 	$(PYTHON) demo/demo.py
