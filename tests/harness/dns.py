@@ -55,9 +55,10 @@ that names the test TLD instead of the root.
 
 import os
 import re
-import signal
 import subprocess
 import time
+
+from .proc import stop_process
 
 PARENT_ADDR = "127.0.2.1"
 RESOLVER_ADDR = "127.0.2.2"
@@ -190,13 +191,7 @@ class Unbound:
                                % (self.name, self.address, f.read()[-2000:]))
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

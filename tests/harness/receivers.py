@@ -16,12 +16,12 @@ import glob
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 
+from .proc import stop_process
 from .postfix import Postfix
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -165,13 +165,7 @@ class AioReceiver:
             raise RuntimeError("aiosmtpd receiver did not start:\n" + f.read()[-2000:])
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def _events(self):
