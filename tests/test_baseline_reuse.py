@@ -24,6 +24,8 @@ def test_spaced_messages_postfix_receiver(world, flavour, reuse):
     world.start()
     ids = world.send(s, "user@d1.test", n=N, spacing=SPACING)
     wait_for(lambda: r.counts().messages >= N, 60, "%d messages at the receiver" % N)
+    # The receiver logs a message before the sender logs its delivery.
+    wait_for(lambda: len(s.grep(r"status=sent")) >= N, 30, "%d deliveries logged" % N)
     c = r.counts()
     assert c.messages == N
     assert sorted(r.message_ids()) == sorted(ids), "each message exactly once"
@@ -45,6 +47,7 @@ def test_spaced_messages_aiosmtpd_receiver(world):
     world.start()
     ids = world.send(s, "user@d2.test", n=n, spacing=SPACING)
     wait_for(lambda: r.counts().messages >= n, 60, "%d messages at aiosmtpd" % n)
+    wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30, "%d deliveries logged" % n)
     c = r.counts()
     assert c.messages == n and c.plaintext_messages == 0
     assert sorted(r.message_ids()) == sorted(ids)
