@@ -123,6 +123,21 @@ class PostfixReceiver(Postfix):
         return re.findall(r"message-id=(\S+)", "\n".join(
             self.grep(r"^[0-9A-Za-z]+: message-id=", ident=self.name + "/cleanup")))
 
+    def accepted_ids(self):
+        """Message-IDs of the messages this receiver queued (cleanup saw
+        the whole message and handed it to qmgr), in order.  Unlike
+        message_ids(), a transfer that broke off in DATA does not count."""
+        msgid, out = {}, []
+        for ident, pid, text in self.log_records():
+            m = re.match(r"([0-9A-Za-z]+): message-id=(\S+)", text)
+            if m and ident.endswith("/cleanup"):
+                msgid[m.group(1)] = m.group(2)
+                continue
+            m = re.match(r"([0-9A-Za-z]+): from=<.*>, size=\d+", text)
+            if m and ident.endswith("/qmgr") and m.group(1) in msgid:
+                out.append(msgid.pop(m.group(1)))
+        return out
+
     def messages(self):
         out = []
         for path in sorted(glob.glob(os.path.join(self.mailbox, "Maildir", "new", "*")),

@@ -1,0 +1,389 @@
+"""Faults with TLS connection reuse on: no mail lost, no plaintext, no crash.
+
+Issue 7.  The sender (patched, reuse on, level encrypt) reaches a real
+Postfix receiver on 127.0.0.31 through harness/faultproxy.py on
+127.0.0.30, a TCP relay that can reset, stall, mute or close connections;
+TLS stays end to end.  Processes of the sender (tlsproxy, scache) are
+killed with SIGKILL where a fault calls for it.  Retries are made fast
+(backoff 1-2 s) and SMTP timeouts short (5 s), so that a deferred message
+is retried within seconds.
+
+For every fault, every message ends up accepted by the receiver exactly
+once (a duplicate only where SMTP itself cannot avoid one: the reply to
+end of data is lost after the receiver took the message), none in
+plaintext, and the sender's queue is empty at the end.  Accepted means
+queued by the receiver's cleanup and qmgr, so a transfer cut off in DATA
+does not count.  Each test appends its row (sent, accepted, duplicates,
+deferrals, plaintext) to build/run/fault-matrix.txt.
+"""
+
+import os
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from harness import mailgen
+from harness.faultproxy import FaultProxy
+from harness.postfix import TOP
+from harness.world import wait_for
+
+PROXY = "127.0.0.30"
+RECV = "127.0.0.31"
+FAST = {
+    "minimal_backoff_time": "1s", "maximal_backoff_time": "2s",
+    "queue_run_delay": "1s",
+    "smtp_connect_timeout": "5s", "smtp_helo_timeout": "5s",
+    "smtp_starttls_timeout": "5s", "smtp_mail_timeout": "5s",
+    "smtp_rcpt_timeout": "5s", "smtp_data_init_timeout": "5s",
+    "smtp_data_xfer_timeout": "5s", "smtp_data_done_timeout": "5s",
+    "smtp_rset_timeout": "5s", "smtp_quit_timeout": "5s",
+}
+MATRIX = os.path.join(TOP, "build", "run", "fault-matrix.txt")
+
+
+def big(size):
+    """A message of about size bytes."""
+    def make(i):
+        msgid = mailgen._msgid("big")
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/\r\n"
+        body = line * (size // len(line))
+        head = ("From: tester@sender.test\r\nTo: user@f.test\r\nSubject: big %d\r\n"
+                "Message-ID: %s\r\n\r\n" % (i, msgid)).encode()
+        return msgid, head + body
+    return make
+
+
+def fault_world(world, **main):
+    r = world.postfix_receiver("r1", [RECV])
+    p = FaultProxy(PROXY, 25, RECV)
+    world.things.append(p)
+    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True,
+                     **dict(FAST, **main))
+    world.start()
+    return r, p, s
+
+
+def kill(s, process):
+    pids = s.children(process)
+    assert pids, "no %s process to kill" % process
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def settle(s, r, ids, allow_dup=False, timeout=60, fatal_ok=False):
+    """Wait until the sender's queue is empty and every message accepted;
+    check exactly-once and no plaintext; return the matrix row."""
+    wait_for(lambda: set(ids) <= set(r.accepted_ids()) and not s.queued(),
+             timeout, "every message accepted and the queue empty\n"
+             + s.log_tail(40))
+    got = r.accepted_ids()
+    dups = len(got) - len(set(got))
+    c = r.counts()
+    row = {"sent": len(ids), "accepted": len(set(got)), "duplicates": dups,
+           "deferrals": len(s.grep(r"status=deferred", ident="smtp")),
+           "plaintext": c.plaintext_messages}
+    assert set(got) == set(ids), "foreign or missing messages"
+    if not allow_dup:
+        assert dups == 0, "duplicates: %s" % got
+    assert c.plaintext_messages == 0
+    if not fatal_ok:
+        assert not s.grep(r"panic|fatal", ident="tlsproxy")
+    return row
+
+
+def record(name, row):
+    os.makedirs(os.path.dirname(MATRIX), exist_ok=True)
+    with open(MATRIX, "a") as f:
+        f.write("%-44s sent=%d accepted=%d duplicates=%d deferrals=%d plaintext=%d\n"
+                % (name, row["sent"], row["accepted"], row["duplicates"],
+                   row["deferrals"], row["plaintext"]))
+
+
+# -- tlsproxy ------------------------------------------------------------
+
+def test_tlsproxy_killed_while_connection_cached(world):
+    r, p, s = fault_world(world)
+    ids = world.send(s, "user@f.test", n=2, spacing=2)
+    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
+    kill(s, "tlsproxy")
+    time.sleep(1)
+    ids += world.send(s, "user@f.test", n=3, spacing=2)
+    row = settle(s, r, ids)
+    # The cached connection died with tlsproxy: the RSET probe finds out,
+    # and the delivery makes a new connection without a deferral.
+    assert row["deferrals"] == 0, s.log_tail()
+    assert r.counts().handshakes == 2
+    record("tlsproxy SIGKILL, connection cached", row)
+
+
+def test_tlsproxy_killed_during_data(world):
+    r, p, s = fault_world(world)
+    p.set(times=1, up_rate=1_000_000)           # slow DATA: ~1 MB/s
+    ids = world.send(s, "user@f.test", n=1, message=big(4_000_000))
+    wait_for(lambda: p.conns and p.conns[0].up > 1_000_000, 30, "DATA under way")
+    kill(s, "tlsproxy")
+    row = settle(s, r, ids)
+    assert row["deferrals"] >= 1
+    record("tlsproxy SIGKILL during DATA", row)
+
+
+def test_tlsproxy_killed_during_handshake(world):
+    r, p, s = fault_world(world)
+    p.set(times=1, stall_after_starttls=True)
+    ids = world.send(s, "user@f.test", n=1)
+    wait_for(lambda: p.conns and p.conns[0].stalled, 30, "a stalled handshake")
+    kill(s, "tlsproxy")
+    row = settle(s, r, ids)
+    assert row["deferrals"] >= 1
+    record("tlsproxy SIGKILL during handshake", row)
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+def test_tlsproxy_fails_at_startup(world, flavour):
+    """A tlsproxy service that exits at start-up (here: a process limit
+    other than 0, which tlsproxy refuses) is throttled by master(8), and
+    connections to its socket wait in the listen queue.  Patched: the
+    delivery gives up after smtp_starttls_timeout and is deferred, at
+    level may too, never in plaintext.  Stock waits with no deadline
+    (the smtp(8) process hangs until its watchdog, hours later)."""
+    r = world.postfix_receiver("r1", [RECV])
+    p = FaultProxy(PROXY, 25, RECV)
+    world.things.append(p)
+    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True, level="may",
+                     flavour=flavour, tlsproxy=False,
+                     service_throttle_time="5s", **FAST)
+    s.add_service("tlsproxy unix - - n - 1 tlsproxy")
+    world.start()
+    ids = world.send(s, "user@f.test", n=1)
+    if flavour == "stock":
+        time.sleep(20)
+        assert not s.grep(r"status=(sent|deferred)", ident="smtp")
+        assert r.accepted_ids() == []
+        return
+    s.wait_log(r"status=deferred .*Cannot start TLS: the tlsproxy service "
+               r"is unavailable", ident="smtp", timeout=30)
+    # The request or the initial response times out (smtp_starttls_timeout).
+    assert s.grep(r"warning: (timeout after 5s receiving private/tlsproxy "
+                  r"service initial response|error sending request to "
+                  r"private/tlsproxy service: Connection timed out)", ident="smtp")
+    assert r.accepted_ids() == [] and r.counts().plaintext_messages == 0
+    # Fixed configuration: delivered once, over TLS.
+    s.services = [l for l in s.services if not l.startswith("tlsproxy")]
+    s.add_service("tlsproxy unix - - n - 0 tlsproxy")
+    # Restart rather than reload: a reload while a delivery attempt is in
+    # flight leaves the message in the active queue until qmgr restarts.
+    s.stop()
+    s.start()
+    row = settle(s, r, ids, fatal_ok=True)
+    record("tlsproxy fails at start-up (throttled)", row)
+
+
+# -- scache --------------------------------------------------------------
+
+def test_scache_killed_while_connection_cached(world):
+    r, p, s = fault_world(world)
+    ids = world.send(s, "user@f.test", n=2, spacing=2)
+    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
+    kill(s, "scache")
+    time.sleep(1)
+    ids += world.send(s, "user@f.test", n=3, spacing=2)
+    row = settle(s, r, ids)
+    assert row["deferrals"] == 0, s.log_tail()
+    # The cache and its connection are gone; a new scache caches the next.
+    assert r.counts().handshakes == 2
+    record("scache SIGKILL, connection cached", row)
+
+
+# -- the receiver ----------------------------------------------------------
+
+def test_receiver_resets_mid_data(world):
+    r, p, s = fault_world(world)
+    p.set(times=1, reset_up_after=1_000_000)
+    ids = world.send(s, "user@f.test", n=1, message=big(3_000_000))
+    row = settle(s, r, ids)
+    assert p.conns[0].ended == "reset"
+    assert row["deferrals"] >= 1
+    record("receiver resets TCP mid-DATA", row)
+
+
+def test_receiver_closes_idle_cached_connection(world):
+    r, p, s = fault_world(world)
+    ids = world.send(s, "user@f.test", n=2, spacing=2)
+    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
+    p.close_all()
+    time.sleep(1)
+    ids += world.send(s, "user@f.test", n=3, spacing=2)
+    row = settle(s, r, ids)
+    assert row["deferrals"] == 0, s.log_tail()
+    assert len(p.conns) == 2
+    record("receiver closes idle cached connection", row)
+
+
+def test_receiver_restarted_while_connection_cached(world):
+    r, p, s = fault_world(world)
+    ids = world.send(s, "user@f.test", n=2, spacing=2)
+    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
+    r.stop()
+    r.start()
+    ids += world.send(s, "user@f.test", n=3, spacing=2)
+    row = settle(s, r, ids)
+    # The stale connection is detected and replaced, not a delivery failure.
+    assert row["deferrals"] == 0, s.log_tail()
+    record("receiver restarted, connection cached", row)
+
+
+def test_receiver_sends_tls_alert(world):
+    """The receiver offers TLS 1.3 only; the sender's policy allows at most
+    TLS 1.2: the handshake ends with an alert.  Deferred, never plaintext;
+    delivered once the policy is fixed."""
+    r = world.postfix_receiver("r1", [RECV], smtpd_tls_protocols=">=TLSv1.3")
+    p = FaultProxy(PROXY, 25, RECV)
+    world.things.append(p)
+    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True,
+                     smtp_tls_mandatory_protocols="<=TLSv1.2", **FAST)
+    world.start()
+    ids = world.send(s, "user@f.test", n=2, spacing=1)
+    s.wait_log(r"status=deferred", count=2, ident="smtp")
+    assert r.accepted_ids() == [] and r.counts().plaintext_messages == 0
+    s.set(smtp_tls_mandatory_protocols=">=TLSv1.2")
+    row = settle(s, r, ids)
+    record("receiver TLS alert (protocol version)", row)
+
+
+@pytest.mark.parametrize("where", ["handshake", "data", "end-of-data"])
+def test_receiver_stalls(world, where):
+    r, p, s = fault_world(world)
+    if where == "handshake":
+        p.set(times=1, stall_after_starttls=True)
+        message = None
+    elif where == "data":
+        p.set(times=1, stall_up_after=500_000)
+        message = big(2_000_000)
+    else:
+        # Everything reaches the receiver; its reply to end of data does not.
+        p.set(times=1, mute_down_after=150_000)
+        message = big(200_000)
+    ids = world.send(s, "user@f.test", n=1, message=message)
+    s.wait_log(r"status=deferred", ident="smtp", timeout=30)
+    p.unstall()
+    row = settle(s, r, ids, allow_dup=(where == "end-of-data"))
+    if where != "end-of-data":
+        assert row["duplicates"] == 0
+    record("receiver stalls at %s" % where, row)
+
+
+# -- resources and load ----------------------------------------------------
+
+def low_fd_tlsproxy(s, limit):
+    """Run the sender's tlsproxy with a descriptor limit: a daemon
+    directory of its own, where "tlsproxy" is a wrapper that lowers the
+    limit (ulimit -n) and then runs the real program as the same process."""
+    real = os.path.join(s.inst, "libexec", "postfix")
+    d = os.path.join(s.base, "libexec")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        for f in os.listdir(real):
+            if f != "tlsproxy":
+                os.symlink(os.path.join(real, f), os.path.join(d, f))
+    wrapper = os.path.join(d, "tlsproxy")
+    with open(wrapper + ".new", "w") as f:
+        f.write('#!/bin/bash\nulimit -n %d\nexec -a "$0" %s/tlsproxy "$@"\n'
+                % (limit, real))
+    os.chmod(wrapper + ".new", 0o755)
+    os.rename(wrapper + ".new", wrapper)
+    s.main["daemon_directory"] = d
+
+
+@pytest.mark.parametrize("flavour", ["patched", "stock"])
+def test_tlsproxy_descriptor_exhaustion(world, flavour):
+    """tlsproxy with a small descriptor limit (ulimit -n 40, room for about
+    a dozen proxied connections) and 20 deliveries at once: tlsproxy warns,
+    stops accepting for a moment, and keeps serving the connections it
+    has; nothing is lost or sent in plaintext, and everything is delivered
+    without raising the limit.  (Stock tlsproxy terminates on its first
+    connection with such a limit: "fcntl F_DUPFD: Invalid argument".)"""
+    r = world.postfix_receiver("r1", [RECV])
+    p = FaultProxy(PROXY, 25, RECV)
+    world.things.append(p)
+    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True, tlsproxy=False,
+                     flavour=flavour,
+                     **dict(FAST, default_destination_concurrency_limit="20",
+                            initial_destination_concurrency="20"))
+    s.add_service("tlsproxy unix - - n - 0 tlsproxy -o max_idle=3600s")
+    low_fd_tlsproxy(s, 40)
+    s.main["defer_transports"] = "smtp"
+    world.start()
+    if flavour == "stock":
+        world.send(s, "user@f.test", n=1)
+        s.set(defer_transports="")
+        s.flush()
+        s.wait_log(r"fatal: fcntl F_DUPFD: Invalid argument", ident="tlsproxy",
+                   timeout=30)
+        assert r.accepted_ids() == []
+        return
+    ids = []
+    with smtplib.SMTP("127.0.0.1", s.inject_port, timeout=60) as smtp:
+        for k in range(40):
+            rcpt = "user%d@f.test" % k
+            msgid, data = mailgen.simple(rcpt, "fd", k)
+            smtp.sendmail("tester@sender.test", [rcpt], data)
+            ids.append(msgid)
+    s.set(defer_transports="")
+    s.flush()
+    row = settle(s, r, ids, timeout=120)
+    warnings = s.grep(r"warning: .*(Too many open files|F_DUPFD)", ident="tlsproxy")
+    assert warnings, s.log_tail(40)
+    assert not s.grep(r"fatal", ident="tlsproxy")
+    assert not s.grep(r"tlsproxy pid \d+ (exit status|killed)", ident="master")
+    print("\n".join(sorted(set(w.split(": ", 1)[1] for w in warnings))))
+    record("tlsproxy descriptor exhaustion (ulimit -n 40)", row)
+
+
+def test_many_concurrent_smtp_through_one_tlsproxy(world):
+    """About 100 smtp processes at once through one or two tlsproxy
+    processes: 300 messages of 20 kB to 100 domains, injected back to
+    back, relayed at 40 kB/s per connection so that deliveries overlap."""
+    r = world.postfix_receiver("r1", [RECV])
+    p = FaultProxy(PROXY, 25, RECV)
+    world.things.append(p)
+    p.set(up_rate=40_000)
+    domains = ["c%03d.test" % i for i in range(100)]
+    s = world.sender({d: "[%s]:25" % PROXY for d in domains}, reuse=True,
+                     tlsproxy=False, default_process_limit="150",
+                     default_destination_concurrency_limit="100",
+                     initial_destination_concurrency="100", **FAST)
+    s.add_service("tlsproxy unix - - n - 0 tlsproxy")
+    world.start()
+    ids = []
+    make = big(20_000)
+    with smtplib.SMTP("127.0.0.1", s.inject_port, timeout=60) as smtp:
+        for k in range(300):
+            rcpt = "user%d@%s" % (k, domains[k % 100])
+            msgid, data = make(k)
+            smtp.sendmail("tester@sender.test", [rcpt], data)
+            ids.append(msgid)
+    row = settle(s, r, ids, timeout=300)
+    procs = {pid for ident, pid, _ in s.log_records() if ident.endswith("/tlsproxy")}
+    smtps = {pid for ident, pid, _ in s.log_records() if ident.endswith("/smtp")}
+    peak = max_open(p)
+    print("%d smtp processes, %d tlsproxy processes, %d connections at once"
+          % (len(smtps), len(procs), peak))
+    assert len(smtps) >= 80 and len(procs) <= 3 and peak >= 50
+    record("%d smtp, %d tlsproxy, %d conns at once" % (len(smtps), len(procs), peak), row)
+
+
+def max_open(p):
+    """The largest number of relay connections that were open at once."""
+    events = []
+    for c in p.conns:
+        events.append((c.opened, 1))
+        events.append((c.closed or time.time(), -1))
+    peak = n = 0
+    for _, d in sorted(events):
+        n += d
+        peak = max(peak, n)
+    return peak
