@@ -12,6 +12,9 @@
 #   make unit         upstream's own unit tests only
 #   make check-series build each patch in turn, with src/tls and src/smtp tests
 #   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~3 min)
+#   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
+#   make fuzz         fuzz the tlsproxy(8) protocol deserializers, FUZZ_SECONDS
+#                     (default 600) per target (FUZZ_TARGETS="context ..." selects)
 #
 # UPSTREAM_CACHE=dir takes the tarball from a local download cache (verified
 # by the same checksum) instead of Debian's archive.  PYTEST_ARGS=... passes
@@ -20,9 +23,11 @@
 PYTHON      = /usr/bin/python3
 PYTEST_ARGS =
 BENCH_ARGS  =
+FUZZ_SECONDS = 600
+FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock check check-series unit demo bench deps clean distclean
+.PHONY: all fetch tree export build build-stock check check-series unit demo bench longrun fuzz deps clean distclean
 
 all: build
 
@@ -56,11 +61,17 @@ check-series: deps
 bench: deps build build-stock
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
+longrun: deps build
+	$(PYTHON) tests/measure_longrun.py $(LONGRUN_ARGS)
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz-run $(FUZZ_TARGETS)
+
 demo: deps build build-stock
 	$(PYTHON) demo/demo.py
 
 clean:
-	rm -rf build/obj build/inst build/stock-src build/run
+	rm -rf build/obj build/inst build/stock-src build/run build/fuzz
 
 # Everything under build/, the work tree included: export first.
 distclean:

@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""Where the instructions go on the TLS reuse path: smtp, tlsproxy, scache
+under valgrind --tool=callgrind.
+
+    /usr/bin/python3 bench/profile_reuse.py [--messages 200] [--flavour patched]
+
+The sender's smtp, tlsproxy and scache programs run through wrappers in a
+daemon directory of its own ("exec valgrind --tool=callgrind ..."); every
+other program is the installed one.  Load: --messages messages of ~10 KB,
+round robin to 8 domains on 2 Postfix receiver addresses (127.0.3.61-62),
+injected back to back, TLS level encrypt, reuse on.  Instruction counts
+(Ir) do not depend on machine noise.  Output: per program, total Ir, Ir per
+delivered message, and the top functions (inclusive of nothing: self cost),
+written to bench/results/profile-<UTC time>/profile.md.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from harness import mailgen                         # noqa: E402
+from harness.world import World, wait_for           # noqa: E402
+
+ADDRS = ["127.0.3.61", "127.0.3.62"]
+DOMAINS = ["p%d.test" % i for i in range(8)]
+PROGRAMS = ["smtp", "tlsproxy", "scache"]
+
+
+def wrap(s, outdir):
+    real = os.path.join(s.inst, "libexec", "postfix")
+    d = os.path.join(s.base, "libexec")
+    os.makedirs(d)
+    os.makedirs(outdir)
+    os.chmod(outdir, 0o1777)
+    for f in os.listdir(real):
+        if f not in PROGRAMS:
+            os.symlink(os.path.join(real, f), os.path.join(d, f))
+    for p in PROGRAMS:
+        with open(os.path.join(d, p), "w") as f:
+            # The daemon drops privileges before callgrind writes its
+            # output at exit: the file must exist and be writable by then.
+            f.write("#!/bin/sh\nout=%s/%s.$$.out\n: > $out\nchmod 666 $out\n"
+                    "exec %s --tool=callgrind --callgrind-out-file=$out "
+                    "%s/%s \"$@\"\n" % (outdir, p, shutil.which("valgrind"), real, p))
+        os.chmod(os.path.join(d, p), 0o755)
+    s.main["daemon_directory"] = d
+
+
+def annotate(files):
+    """Sum self Ir per function, and per object (program or library), over
+    callgrind output files (the self-cost table of callgrind_annotate)."""
+    total, funcs, objs = 0, {}, {}
+    for f in files:
+        out = subprocess.run(["callgrind_annotate", "--threshold=100",
+                              "--auto=no", f],
+                             capture_output=True, text=True).stdout
+        m = re.search(r"^([\d,]+) \(100\.0+%\)\s+PROGRAM TOTALS", out, re.M)
+        if m:
+            total += int(m.group(1).replace(",", ""))
+        section = out.split("file:function", 1)[-1].split("\n", 2)[-1]
+        for line in section.splitlines():
+            m = re.match(r"^\s*([\d,]+) \([ \d.]+%\)\s+(\S+?)(?: \[(.*)\])?$", line)
+            if not m:
+                continue
+            ir = int(m.group(1).replace(",", ""))
+            name = m.group(2).rsplit(":", 1)[-1]
+            obj = os.path.basename(m.group(3) or "?")
+            if name.startswith("0x"):
+                name = "(unnamed)"
+            key = "%s (%s)" % (name, obj)
+            funcs[key] = funcs.get(key, 0) + ir
+            objs[obj] = objs.get(obj, 0) + ir
+    return (total, sorted(funcs.items(), key=lambda kv: -kv[1]),
+            sorted(objs.items(), key=lambda kv: -kv[1]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=200)
+    ap.add_argument("--flavour", default="patched")
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results = os.path.join(HERE, "results", "profile-%s" % stamp)
+
+    with World("profile_reuse") as w:
+        r = w.postfix_receiver("mx", ADDRS)
+        s = w.sender({d: "[%s]:25" % ADDRS[i % 2] for i, d in enumerate(DOMAINS)},
+                     reuse=True, flavour=args.flavour, tuned=False,
+                     smtp_starttls_timeout="120s")
+        outdir = os.path.join(s.base, "callgrind")
+        wrap(s, outdir)
+        w.start()
+        with smtplib.SMTP("127.0.0.1", s.inject_port, timeout=120) as smtp:
+            for k in range(args.messages):
+                rcpt = "user%d@%s" % (k, DOMAINS[k % len(DOMAINS)])
+                msgid, data = mailgen.simple(rcpt, "prof", k)
+                data += b"x" * 10000 + b"\r\n"
+                smtp.sendmail("tester@sender.test", [rcpt], data)
+        wait_for(lambda: r.counts().messages >= args.messages, 900,
+                 "%d messages" % args.messages, interval=2)
+        c = r.counts()
+        s.stop()
+        time.sleep(2)
+        os.makedirs(results)
+        lines = ["# Callgrind profile of the TLS reuse path (%s)" % args.flavour, "",
+                 "%d messages of ~10 KB to %d domains on %d receiver addresses, burst, "
+                 "TLS level encrypt, reuse on; receiver counted %d connections, "
+                 "%d handshakes." % (args.messages, len(DOMAINS), len(ADDRS),
+                                     c.connections, c.handshakes), ""]
+        for p in PROGRAMS:
+            files = glob.glob(os.path.join(outdir, "%s.*.out" % p))
+            total, funcs, objs = annotate(files)
+            lines += ["## %s: %d processes, %.1f M instructions, %.2f M per message"
+                      % (p, len(files), total / 1e6, total / 1e6 / args.messages), "",
+                      "By object: " + ", ".join("%s %.0f%%" % (o, 100.0 * ir / max(total, 1))
+                                                for o, ir in objs[:6]), "",
+                      "| self Ir (M) | % | function |", "|---:|---:|---|"]
+            for name, ir in funcs[:args.top]:
+                lines.append("| %.1f | %.1f | `%s` |" % (ir / 1e6, 100.0 * ir / max(total, 1),
+                                                        name))
+            lines.append("")
+    with open(os.path.join(results, "profile.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print("written to %s" % results)
+
+
+if __name__ == "__main__":
+    main()
