@@ -1,0 +1,79 @@
+/*++
+/* NAME
+/*	server_start_fuzz 1
+/* SUMMARY
+/*	libFuzzer target for tls_proxy_server_start_scan()
+/* SYNOPSIS
+/*	server_start [libFuzzer options] [corpus directory or input file...]
+/* DESCRIPTION
+/*	This program feeds each input to tls_proxy_server_start_scan(),
+/*	which reads TLS_SERVER_START_PROPS, the per-connection TLS
+/*	server settings. The input is scanned as
+/*	tlsproxy(8) would scan a server-role request (no program
+/*	sends these today): with attr_scan() (the null-terminated
+/*	attr_scan0() encoding), ATTR_FLAG_STRICT, and RECV_ATTR_FUNC().
+/*
+/*	A successfully scanned structure must survive a round trip
+/*	through tls_proxy_server_start_print() (see fuzz_common(3)).
+/*	Whatever was scanned is destroyed with
+/*	tls_proxy_server_start_free(), so that LeakSanitizer reports any
+/*	memory that a failed scan leaks.
+/* SEE ALSO
+/*	fuzz_common(3), libFuzzer support
+/*	tls_proxy(3), TLS proxy protocol support
+/* LICENSE
+/* .ad
+/* .fi
+/*	The Secure Mailer license must be distributed with this software.
+/*--*/
+
+/* System library. */
+
+#include <sys_defs.h>
+
+/* Utility library. */
+
+#include <attr.h>
+#include <vstream.h>
+
+/* TLS library. */
+
+#include <tls.h>
+#include <tls_proxy.h>
+
+/* Application-specific. */
+
+#include "fuzz_common.h"
+
+/* server_start_free - FUZZ_FREE_FN wrapper */
+
+static void server_start_free(void *ptr)
+{
+    tls_proxy_server_start_free((TLS_SERVER_START_PROPS *) ptr);
+}
+
+/* LLVMFuzzerTestOneInput - one input */
+
+int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    TLS_SERVER_START_PROPS *props = 0;
+    VSTREAM *fp;
+    int     ret;
+
+    fuzz_init();
+    fp = fuzz_open(data, size);
+    ret = attr_scan(fp, ATTR_FLAG_STRICT,
+		    RECV_ATTR_FUNC(tls_proxy_server_start_scan,
+				   (void *) &props),
+		    ATTR_TYPE_END);
+    fuzz_close(fp);
+    if (ret == 1 && props != 0)
+	fuzz_round_trip("tls_proxy_server_start_scan", &fuzz_codec_zero,
+			tls_proxy_server_start_print,
+			tls_proxy_server_start_scan,
+			server_start_free, (void *) props,
+			FUZZ_RT_FLAG_NONE);
+    if (props != 0)
+	tls_proxy_server_start_free(props);
+    return (0);
+}
