@@ -121,3 +121,16 @@ def test_seeds_current(built, tmp_path):
                    if fresh.get(k) != committed.get(k))
     assert not stale, ("seeds differ from seedgen output (run "
                        f"'scripts/build-fuzz seeds'): {stale}")
+
+
+def test_tlsa_out_of_range_is_rejected(built):
+    """Regression: tls_proxy_client_tlsa_scan() passed scanned ints to
+    tlsa_prepend(), whose fields are 8 and 16 bits wide, so usage=259 became
+    DANE-EE and 65537 bytes of data a 1-byte record, and the scan succeeded.
+    The fix rejects the record with a warning."""
+    bad = FUZZ / "regressions" / "client_start" / "tlsa-data-65537-bytes"
+    r = subprocess.run([str(built / "client_start"), str(bad)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(ENV, FUZZ_VERBOSE="1"))
+    out = check_output("client_start", r, "TLSA regression")
+    assert "bad TLSA record: usage=" in out and "length=65537" in out, out[-2000:]
