@@ -18,6 +18,7 @@ deferrals, plaintext) to build/run/fault-matrix.txt.
 """
 
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -387,3 +388,49 @@ def max_open(p):
         n += d
         peak = max(peak, n)
     return peak
+
+
+@pytest.mark.parametrize("garbage", ["junk", "truncated"])
+def test_malformed_request_to_tlsproxy(world, garbage):
+    """Malformed requests on tlsproxy's own socket: a warning that names the
+    problem, that connection closed, and tlsproxy keeps serving the others
+    (the cached TLS connection is reused afterwards by the same process)."""
+    import socket as _socket
+    r, p, s = fault_world(world)
+    ids = world.send(s, "user@f.test", n=1)
+    wait_for(lambda: r.accepted_ids(), 30, "first message")
+    [tp] = s.children("tlsproxy")
+    if garbage == "junk":
+        data = b"\x00\xff" * 4000
+    else:
+        data = b"remote_endpoint\x00[127.0.0.1]:25\x00flags\x00"
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(os.path.join(s.queue, "private", "tlsproxy"))
+    sock.recv(100)                      # the "proto=tlsproxy" greeting
+    sock.sendall(data)
+    if garbage == "truncated":
+        sock.shutdown(_socket.SHUT_WR)
+    try:
+        reply = sock.recv(100)
+        while reply and b"\x00status\x00" not in reply and len(reply) < 1000:
+            more = sock.recv(100)
+            if not more:
+                break
+            reply += more
+    except ConnectionResetError:
+        reply = b""
+    sock.close()
+    print(garbage, "reply", reply)
+    # Closed at once, or a refusal ("status" 0) and then closed.
+    assert reply == b"" or re.search(rb"status\x000\x00", reply), reply
+    s.wait_log(r"warning: ", ident="tlsproxy", timeout=10)
+    ids += world.send(s, "user@f.test", n=1)
+    row = settle(s, r, ids)
+    assert s.children("tlsproxy") == [tp], "tlsproxy was replaced"
+    assert s.conn_uses() == [2], "the cached connection was not reused"
+    warnings = [t for t in s.grep(r"warning:", ident="tlsproxy")
+                if "server role is disabled" not in t]
+    print(garbage, warnings)
+    assert warnings
+    record("malformed tlsproxy request (%s)" % garbage, row)
