@@ -316,16 +316,20 @@ def test_tlsproxy_descriptor_exhaustion(world, flavour):
                             initial_destination_concurrency="20"))
     s.add_service("tlsproxy unix - - n - 0 tlsproxy -o max_idle=3600s")
     low_fd_tlsproxy(s, 40)
-    s.main["defer_transports"] = "smtp"
-    world.start()
     if flavour == "stock":
+        world.start()
         world.send(s, "user@f.test", n=1)
-        s.set(defer_transports="")
-        s.flush()
         s.wait_log(r"fatal: fcntl F_DUPFD: Invalid argument", ident="tlsproxy",
                    timeout=30)
         assert r.accepted_ids() == []
         return
+    # Queue all 40 first (deferred, and not retried: long backoff), then
+    # release them at once.  Reload only when no delivery attempt is in
+    # flight: a reload during one leaves that message in the active queue
+    # until qmgr restarts.
+    s.main.update(defer_transports="smtp", minimal_backoff_time="300s",
+                  maximal_backoff_time="600s", queue_run_delay="300s")
+    world.start()
     ids = []
     with smtplib.SMTP("127.0.0.1", s.inject_port, timeout=60) as smtp:
         for k in range(40):
@@ -333,7 +337,10 @@ def test_tlsproxy_descriptor_exhaustion(world, flavour):
             msgid, data = mailgen.simple(rcpt, "fd", k)
             smtp.sendmail("tester@sender.test", [rcpt], data)
             ids.append(msgid)
-    s.set(defer_transports="")
+    s.wait_log(r"status=deferred \(deferred transport\)", count=len(ids),
+               timeout=60)
+    s.set(defer_transports="", minimal_backoff_time="1s",
+          maximal_backoff_time="2s", queue_run_delay="1s")
     s.flush()
     row = settle(s, r, ids, timeout=120)
     warnings = s.grep(r"warning: .*(Too many open files|F_DUPFD)", ident="tlsproxy")
