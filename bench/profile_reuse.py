@@ -36,23 +36,13 @@ PROGRAMS = ["smtp", "tlsproxy", "scache"]
 
 
 def wrap(s, outdir):
-    real = os.path.join(s.inst, "libexec", "postfix")
-    d = os.path.join(s.base, "libexec")
-    os.makedirs(d)
     os.makedirs(outdir)
     os.chmod(outdir, 0o1777)
-    for f in os.listdir(real):
-        if f not in PROGRAMS:
-            os.symlink(os.path.join(real, f), os.path.join(d, f))
-    for p in PROGRAMS:
-        with open(os.path.join(d, p), "w") as f:
-            # The daemon drops privileges before callgrind writes its
-            # output at exit: the file must exist and be writable by then.
-            f.write("#!/bin/sh\nout=%s/%s.$$.out\n: > $out\nchmod 666 $out\n"
-                    "exec %s --tool=callgrind --callgrind-out-file=$out "
-                    "%s/%s \"$@\"\n" % (outdir, p, shutil.which("valgrind"), real, p))
-        os.chmod(os.path.join(d, p), 0o755)
-    s.main["daemon_directory"] = d
+    # The daemon drops privileges before callgrind writes its output at
+    # exit: the file must exist and be writable by then.
+    s.wrap_daemons({p: 'out=%s/%s.$$.out\n: > $out\nchmod 666 $out\n'
+                       'exec %s --tool=callgrind --callgrind-out-file=$out "$REAL" "$@"'
+                       % (outdir, p, shutil.which("valgrind")) for p in PROGRAMS})
 
 
 def annotate(files):

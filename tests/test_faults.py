@@ -57,13 +57,19 @@ def big(size):
     return make
 
 
-def fault_world(world, **main):
-    r = world.postfix_receiver("r1", [RECV])
+def fault_world(world, receiver=None, service=None, start=True, **main):
+    """The receiver (settings: receiver), the relay, and a sender with reuse
+    on and FAST retries; main: more sender settings (including
+    world.sender()'s own arguments); service: a master.cf line to add."""
+    r = world.postfix_receiver("r1", [RECV], **(receiver or {}))
     p = FaultProxy(PROXY, 25, RECV)
     world.things.append(p)
     s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True,
                      **dict(FAST, **main))
-    world.start()
+    if service:
+        s.add_service(service)
+    if start:
+        world.start()
     return r, p, s
 
 
@@ -106,19 +112,22 @@ def record(name, row):
 
 # -- tlsproxy ------------------------------------------------------------
 
-def test_tlsproxy_killed_while_connection_cached(world):
+@pytest.mark.parametrize("process", ["tlsproxy", "scache"])
+def test_killed_while_connection_cached(world, process):
+    """tlsproxy (which holds the TLS session) or scache (which holds the
+    cached descriptor) killed while a connection is cached: the RSET probe
+    or the cache lookup finds out, and the next delivery makes a new
+    connection without a deferral."""
     r, p, s = fault_world(world)
     ids = world.send(s, "user@f.test", n=2, spacing=2)
     wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
-    kill(s, "tlsproxy")
+    kill(s, process)
     time.sleep(1)
     ids += world.send(s, "user@f.test", n=3, spacing=2)
     row = settle(s, r, ids)
-    # The cached connection died with tlsproxy: the RSET probe finds out,
-    # and the delivery makes a new connection without a deferral.
     assert row["deferrals"] == 0, s.log_tail()
     assert r.counts().handshakes == 2
-    record("tlsproxy SIGKILL, connection cached", row)
+    record("%s SIGKILL, connection cached" % process, row)
 
 
 def test_tlsproxy_killed_during_data(world):
@@ -151,14 +160,9 @@ def test_tlsproxy_fails_at_startup(world, flavour):
     delivery gives up after smtp_starttls_timeout and is deferred, at
     level may too, never in plaintext.  Stock waits with no deadline
     (the smtp(8) process hangs until its watchdog, hours later)."""
-    r = world.postfix_receiver("r1", [RECV])
-    p = FaultProxy(PROXY, 25, RECV)
-    world.things.append(p)
-    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True, level="may",
-                     flavour=flavour, tlsproxy=False,
-                     service_throttle_time="5s", **FAST)
-    s.add_service("tlsproxy unix - - n - 1 tlsproxy")
-    world.start()
+    r, p, s = fault_world(world, level="may", flavour=flavour, tlsproxy=False,
+                          service_throttle_time="5s",
+                          service="tlsproxy unix - - n - 1 tlsproxy")
     ids = world.send(s, "user@f.test", n=1)
     if flavour == "stock":
         time.sleep(20)
@@ -183,22 +187,6 @@ def test_tlsproxy_fails_at_startup(world, flavour):
     record("tlsproxy fails at start-up (throttled)", row)
 
 
-# -- scache --------------------------------------------------------------
-
-def test_scache_killed_while_connection_cached(world):
-    r, p, s = fault_world(world)
-    ids = world.send(s, "user@f.test", n=2, spacing=2)
-    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
-    kill(s, "scache")
-    time.sleep(1)
-    ids += world.send(s, "user@f.test", n=3, spacing=2)
-    row = settle(s, r, ids)
-    assert row["deferrals"] == 0, s.log_tail()
-    # The cache and its connection are gone; a new scache caches the next.
-    assert r.counts().handshakes == 2
-    record("scache SIGKILL, connection cached", row)
-
-
 # -- the receiver ----------------------------------------------------------
 
 def test_receiver_resets_mid_data(world):
@@ -211,42 +199,33 @@ def test_receiver_resets_mid_data(world):
     record("receiver resets TCP mid-DATA", row)
 
 
-def test_receiver_closes_idle_cached_connection(world):
+@pytest.mark.parametrize("how", ["closes idle", "restarted"])
+def test_receiver_drops_cached_connection(world, how):
+    """The receiver closes an idle cached connection, or restarts: the
+    stale connection is detected (RSET probe) and replaced, not counted as
+    a delivery failure."""
     r, p, s = fault_world(world)
     ids = world.send(s, "user@f.test", n=2, spacing=2)
     wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
-    p.close_all()
-    time.sleep(1)
+    if how == "closes idle":
+        p.close_all()
+        time.sleep(1)
+    else:
+        r.stop()
+        r.start()
     ids += world.send(s, "user@f.test", n=3, spacing=2)
     row = settle(s, r, ids)
     assert row["deferrals"] == 0, s.log_tail()
     assert len(p.conns) == 2
-    record("receiver closes idle cached connection", row)
-
-
-def test_receiver_restarted_while_connection_cached(world):
-    r, p, s = fault_world(world)
-    ids = world.send(s, "user@f.test", n=2, spacing=2)
-    wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
-    r.stop()
-    r.start()
-    ids += world.send(s, "user@f.test", n=3, spacing=2)
-    row = settle(s, r, ids)
-    # The stale connection is detected and replaced, not a delivery failure.
-    assert row["deferrals"] == 0, s.log_tail()
-    record("receiver restarted, connection cached", row)
+    record("receiver %s, connection cached" % how, row)
 
 
 def test_receiver_sends_tls_alert(world):
     """The receiver offers TLS 1.3 only; the sender's policy allows at most
     TLS 1.2: the handshake ends with an alert.  Deferred, never plaintext;
     delivered once the policy is fixed."""
-    r = world.postfix_receiver("r1", [RECV], smtpd_tls_protocols=">=TLSv1.3")
-    p = FaultProxy(PROXY, 25, RECV)
-    world.things.append(p)
-    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True,
-                     smtp_tls_mandatory_protocols="<=TLSv1.2", **FAST)
-    world.start()
+    r, p, s = fault_world(world, receiver={"smtpd_tls_protocols": ">=TLSv1.3"},
+                          smtp_tls_mandatory_protocols="<=TLSv1.2")
     ids = world.send(s, "user@f.test", n=2, spacing=1)
     s.wait_log(r"status=deferred", count=2, ident="smtp")
     assert r.accepted_ids() == [] and r.counts().plaintext_messages == 0
@@ -284,23 +263,8 @@ def test_receiver_stalls(world, where):
 # -- resources and load ----------------------------------------------------
 
 def low_fd_tlsproxy(s, limit):
-    """Run the sender's tlsproxy with a descriptor limit: a daemon
-    directory of its own, where "tlsproxy" is a wrapper that lowers the
-    limit (ulimit -n) and then runs the real program as the same process."""
-    real = os.path.join(s.inst, "libexec", "postfix")
-    d = os.path.join(s.base, "libexec")
-    if not os.path.isdir(d):
-        os.makedirs(d)
-        for f in os.listdir(real):
-            if f != "tlsproxy":
-                os.symlink(os.path.join(real, f), os.path.join(d, f))
-    wrapper = os.path.join(d, "tlsproxy")
-    with open(wrapper + ".new", "w") as f:
-        f.write('#!/bin/bash\nulimit -n %d\nexec -a "$0" %s/tlsproxy "$@"\n'
-                % (limit, real))
-    os.chmod(wrapper + ".new", 0o755)
-    os.rename(wrapper + ".new", wrapper)
-    s.main["daemon_directory"] = d
+    """Run the sender's tlsproxy with a descriptor limit (ulimit -n)."""
+    s.wrap_daemons({"tlsproxy": 'ulimit -n %d\nexec -a "$0" "$REAL" "$@"' % limit})
 
 
 @pytest.mark.parametrize("flavour", ["patched", "stock"])
@@ -311,14 +275,11 @@ def test_tlsproxy_descriptor_exhaustion(world, flavour):
     has; nothing is lost or sent in plaintext, and everything is delivered
     without raising the limit.  (Stock tlsproxy terminates on its first
     connection with such a limit: "fcntl F_DUPFD: Invalid argument".)"""
-    r = world.postfix_receiver("r1", [RECV])
-    p = FaultProxy(PROXY, 25, RECV)
-    world.things.append(p)
-    s = world.sender({"f.test": "[%s]:25" % PROXY}, reuse=True, tlsproxy=False,
-                     flavour=flavour,
-                     **dict(FAST, default_destination_concurrency_limit="20",
-                            initial_destination_concurrency="20"))
-    s.add_service("tlsproxy unix - - n - 0 tlsproxy -o max_idle=3600s")
+    r, p, s = fault_world(world, start=False, tlsproxy=False, flavour=flavour,
+                          default_destination_concurrency_limit="20",
+                          initial_destination_concurrency="20",
+                          service="tlsproxy unix - - n - 0 tlsproxy "
+                                  "-o max_idle=3600s")
     low_fd_tlsproxy(s, 40)
     if flavour == "stock":
         world.start()

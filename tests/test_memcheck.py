@@ -27,22 +27,12 @@ ADDRS = ["127.0.0.33", "127.0.0.34"]
 
 
 def valgrind_daemons(s, programs, logdir):
-    real = os.path.join(s.inst, "libexec", "postfix")
-    d = os.path.join(s.base, "libexec")
-    os.makedirs(d)
     os.makedirs(logdir)
     os.chmod(logdir, 0o1777)
-    for f in os.listdir(real):
-        if f not in programs:
-            os.symlink(os.path.join(real, f), os.path.join(d, f))
-    for p in programs:
-        with open(os.path.join(d, p), "w") as f:
-            f.write("#!/bin/sh\nexec %s --tool=memcheck --leak-check=full "
-                    "--errors-for-leak-kinds=definite --error-exitcode=0 "
-                    "--log-file=%s/%s.%%p.log %s/%s \"$@\"\n"
-                    % (VALGRIND, logdir, p, real, p))
-        os.chmod(os.path.join(d, p), 0o755)
-    s.main["daemon_directory"] = d
+    s.wrap_daemons({p: 'exec %s --tool=memcheck --leak-check=full '
+                       '--errors-for-leak-kinds=definite --error-exitcode=0 '
+                       '--log-file=%s/%s.%%p.log "$REAL" "$@"' % (VALGRIND, logdir, p)
+                    for p in programs})
 
 
 def summary(path):
