@@ -5,7 +5,7 @@ Postfix receiver on 127.0.0.31 through harness/faultproxy.py on
 127.0.0.30, a TCP relay that can reset, stall, mute or close connections;
 TLS stays end to end.  Processes of the sender (tlsproxy, scache) are
 killed with SIGKILL where a fault calls for it.  Retries are made fast
-(backoff 1-2 s) and SMTP timeouts short (5 s), so that a deferred message
+(backoff 3-5 s) and SMTP timeouts short (5 s), so that a deferred message
 is retried within seconds.
 
 For every fault, every message ends up accepted by the receiver exactly
@@ -34,8 +34,12 @@ from harness.world import wait_for
 PROXY = "127.0.0.30"
 RECV = "127.0.0.31"
 FAST = {
-    "minimal_backoff_time": "1s", "maximal_backoff_time": "2s",
-    "queue_run_delay": "1s",
+    # Short, but not shorter: with a 1 s backoff, qmgr may pick a deferred
+    # message up again while the delivery agent still holds its queue file
+    # ("skipped, still being delivered"), and such a file then waits in the
+    # active queue until qmgr restarts.
+    "minimal_backoff_time": "3s", "maximal_backoff_time": "5s",
+    "queue_run_delay": "3s",
     "smtp_connect_timeout": "5s", "smtp_helo_timeout": "5s",
     "smtp_starttls_timeout": "5s", "smtp_mail_timeout": "5s",
     "smtp_rcpt_timeout": "5s", "smtp_data_init_timeout": "5s",
@@ -136,9 +140,18 @@ def test_tlsproxy_killed_during_data(world):
     ids = world.send(s, "user@f.test", n=1, message=big(4_000_000))
     wait_for(lambda: p.conns and p.conns[0].up > 1_000_000, 30, "DATA under way")
     kill(s, "tlsproxy")
-    row = settle(s, r, ids)
+    # What tlsproxy had already written to the kernel may still reach the
+    # receiver, end of data included: then the receiver took the message
+    # while the sender saw the connection break "while sending end of
+    # data", and the retry is a duplicate inside SMTP's own window (the
+    # reply to end of data was lost).  Any other duplicate fails.
+    late = lambda: s.grep(r"status=deferred \(lost connection .* while "
+                          r"sending end of data", ident="smtp")
+    row = settle(s, r, ids, allow_dup=True)
+    assert row["duplicates"] == 0 or late(), s.log_tail()
     assert row["deferrals"] >= 1
-    record("tlsproxy SIGKILL during DATA", row)
+    record("tlsproxy SIGKILL during DATA%s" % (" (end of data sent)" if late() else ""),
+           row)
 
 
 def test_tlsproxy_killed_during_handshake(world):
@@ -199,7 +212,7 @@ def test_receiver_resets_mid_data(world):
     record("receiver resets TCP mid-DATA", row)
 
 
-@pytest.mark.parametrize("how", ["closes idle", "restarted"])
+@pytest.mark.parametrize("how", ["closes-idle", "restarted"])
 def test_receiver_drops_cached_connection(world, how):
     """The receiver closes an idle cached connection, or restarts: the
     stale connection is detected (RSET probe) and replaced, not counted as
@@ -207,7 +220,7 @@ def test_receiver_drops_cached_connection(world, how):
     r, p, s = fault_world(world)
     ids = world.send(s, "user@f.test", n=2, spacing=2)
     wait_for(lambda: len(r.accepted_ids()) == 2, 30, "2 messages")
-    if how == "closes idle":
+    if how == "closes-idle":
         p.close_all()
         time.sleep(1)
     else:
@@ -217,7 +230,7 @@ def test_receiver_drops_cached_connection(world, how):
     row = settle(s, r, ids)
     assert row["deferrals"] == 0, s.log_tail()
     assert len(p.conns) == 2
-    record("receiver %s, connection cached" % how, row)
+    record("receiver %s, connection cached" % how.replace("-", " "), row)
 
 
 def test_receiver_sends_tls_alert(world):
@@ -304,8 +317,8 @@ def test_tlsproxy_descriptor_exhaustion(world, flavour):
             ids.append(msgid)
     s.wait_log(r"status=deferred \(deferred transport\)", count=len(ids),
                timeout=60)
-    s.set(defer_transports="", minimal_backoff_time="1s",
-          maximal_backoff_time="2s", queue_run_delay="1s")
+    s.set(defer_transports="", **{k: FAST[k] for k in (
+        "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay")})
     s.flush()
     row = settle(s, r, ids, timeout=120)
     warnings = s.grep(r"warning: .*(Too many open files|F_DUPFD)", ident="tlsproxy")
