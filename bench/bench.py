@@ -84,6 +84,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
 from harness.postfix import installed        # noqa: E402
+from harness.proc import pids, proc_stat     # noqa: E402
 from harness.world import World              # noqa: E402
 
 PYTHON = "/usr/bin/python3"
@@ -268,21 +269,18 @@ def proc_table():
     live daemons that loses about 10 ms per process.  Children's time exists
     only in ticks (cutime/cstime), truncated once per parent."""
     table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid in pids():
+        st = proc_stat(pid)
         try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-            with open("/proc/%s/schedstat" % d) as f:
+            with open("/proc/%d/schedstat" % pid) as f:
                 own = int(f.read().split()[0]) / 1e9
         except (OSError, ValueError, IndexError):
             continue
-        # Fields after the ")" that ends the command name: state is field 3,
-        # ppid 4, utime 14, stime 15, cutime 16, cstime 17.
-        f = st[st.rindex(")") + 2:].split()
-        table[int(d)] = (int(f[1]), own, (int(f[13]) + int(f[14])) / CLK_TCK,
-                         st[st.index("(") + 1:st.rindex(")")])
+        if st is None:
+            continue
+        # utime is fields[11], stime 12, cutime 13, cstime 14.
+        name, f = st
+        table[pid] = (int(f[1]), own, (int(f[13]) + int(f[14])) / CLK_TCK, name)
     return table
 
 

@@ -32,6 +32,10 @@ import signal
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tests"))
+from harness.proc import children_of                 # noqa: E402
+
 PR_SET_CHILD_SUBREAPER = 36
 
 # How long to wait for orphans after the command exited, before killing them.
@@ -47,19 +51,7 @@ def set_subreaper():
 
 def direct_children():
     """PIDs whose parent is this process (orphans land here)."""
-    me = os.getpid()
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-            if int(st[st.rindex(")") + 2:].split()[1]) == me:
-                found.append(int(d))
-        except (OSError, ValueError):
-            continue
-    return found
+    return children_of(os.getpid())
 
 
 def main():

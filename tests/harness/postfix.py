@@ -20,6 +20,8 @@ import signal
 import subprocess
 import time
 
+from .proc import children_of
+
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 INST = os.path.join(TOP, "build", "inst")
 
@@ -194,23 +196,16 @@ class Postfix:
         found = []
         if master is None:
             return found
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    st = f.read()
-                ppid = int(st[st.rindex(")") + 2:].split()[1])
-                if ppid != master:
-                    continue
-                if process:
-                    with open("/proc/%s/cmdline" % d, "rb") as f:
+        for pid in children_of(master):
+            if process:
+                try:
+                    with open("/proc/%d/cmdline" % pid, "rb") as f:
                         argv0 = f.read().split(b"\0")[0].decode()
-                    if os.path.basename(argv0) != process:
-                        continue
-                found.append(int(d))
-            except (OSError, ValueError):
-                continue
+                except OSError:
+                    continue
+                if os.path.basename(argv0) != process:
+                    continue
+            found.append(pid)
         return found
 
     def prepare(self):
