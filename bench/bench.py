@@ -4,13 +4,16 @@
     /usr/bin/python3 bench/bench.py [--quick] [--repeat N] [--workloads W1,W3]
                                     [--out DIR]
 
-Four sender configurations run the same workloads against the same kind of
+Five sender configurations run the same workloads against the same kind of
 receivers, one after the other on this machine:
 
     stock   3.10.13, smtp_tls_connection_reuse = no   (the baseline)
     stock   3.10.13, smtp_tls_connection_reuse = yes
     patched,         smtp_tls_connection_reuse = no
     patched,         smtp_tls_connection_reuse = yes
+    stock   3.10.13, smtp_tls_security_level = none  (the floor: the same
+                     mail without any TLS, which no TLS configuration can
+                     beat; its plaintext is expected)
 
 Every connection cache setting is Postfix's default (the harness's
 tuned=False); TLS level encrypt, without smtp_tls_CAfile (level encrypt
@@ -54,9 +57,9 @@ that makes sense:
                              lines (arrival to delivery, two significant
                              digits as Postfix logs it)
 
-The workloads run in order, and within a workload the four configurations
+The workloads run in order, and within a workload the five configurations
 run back to back (each repetition starting with the next one), so that load
-from elsewhere on the machine falls on all four alike.  Results go to
+from elsewhere on the machine falls on all five alike.  Results go to
 bench/results/<UTC time>[-quick]/: results.md (tables), results.json
 (every run, everything measured), chart.png (+ chart.gp, chart.dat),
 machine.txt, bench.log.  Each run's Postfix files stay in
@@ -94,10 +97,16 @@ PYTHON = "/usr/bin/python3"
 CPUWRAP = os.path.join(HERE, "cpuwrap.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-CONFIGS = [("stock", False), ("stock", True), ("patched", False), ("patched", True)]
+# reuse None: TLS off altogether (level none), the floor that no TLS
+# configuration can go below: what delivering the same mail costs without
+# any TLS.
+CONFIGS = [("stock", False), ("stock", True), ("patched", False), ("patched", True),
+           ("stock", None)]
 
 
 def config_label(flavour, reuse):
+    if reuse is None:
+        return "%s no TLS (floor)" % flavour
     return "%s reuse %s" % (flavour, "on" if reuse else "off")
 
 
@@ -494,7 +503,8 @@ def run_one(wl, flavour, reuse, run, log):
     label = config_label(flavour, reuse)
     with World(name, flavour=flavour) as w:
         rcv = w.postfix_receiver("mx", wl.addresses)
-        snd = w.sender(wl.routes(), reuse=reuse, level="encrypt", flavour=flavour,
+        snd = w.sender(wl.routes(), reuse=bool(reuse),
+                       level="none" if reuse is None else "encrypt", flavour=flavour,
                        tuned=False, tlsproxy=True if flavour == "stock" else None,
                        smtp_tls_CAfile="")
         # Started in this order, stopped in the reverse: sender first.
@@ -763,6 +773,47 @@ def markdown(results, wls):
     return "\n".join(out)
 
 
+DELIVERY_PROGRAMS = ("smtp", "tlsproxy", "scache")
+
+
+def cpu_split_markdown(results, wls):
+    """Sender CPU per 1000 messages split into the delivery agents, which
+    TLS reuse changes (smtp, tlsproxy, scache), and the rest of the
+    instance, which does the same work in every configuration (smtpd
+    receiving the injected mail, cleanup, qmgr, trivial-rewrite, postlogd,
+    master).  Medians over the runs; ratios to stock reuse off."""
+    out = ["| workload | configuration | smtp | tlsproxy | scache | delivery agents "
+           "| rest of the sender | sender total |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    groups = {}
+    for r in results:
+        n = r["delivered"] or 0
+        if not n or r.get("cpu_sender") is None:
+            continue
+        prog = r.get("cpu_sender_by_program", {})
+        v = {p: prog.get(p, 0.0) * 1000.0 / n for p in DELIVERY_PROGRAMS}
+        v["delivery"] = sum(v[p] for p in DELIVERY_PROGRAMS)
+        v["total"] = r["cpu_sender"] * 1000.0 / n
+        v["rest"] = v["total"] - v["delivery"]
+        groups.setdefault((r["workload"], r["config"]), []).append(v)
+    for wl in wls:
+        base = groups.get((wl.key, config_label("stock", False)))
+        base = {k: median([v[k] for v in base]) for k in base[0]} if base else {}
+        for cfg in (config_label(*c) for c in CONFIGS):
+            runs = groups.get((wl.key, cfg))
+            if not runs:
+                continue
+            med = {k: median([v[k] for v in runs]) for k in runs[0]}
+            cells = []
+            for k in DELIVERY_PROGRAMS + ("delivery", "rest", "total"):
+                if k in ("delivery", "rest", "total"):
+                    cells.append(cell("%.2f", med[k], base.get(k)))
+                else:
+                    cells.append("%.2f" % med[k])
+            out.append("| %s | %s | %s |" % (wl.key, cfg, " | ".join(cells)))
+    return "\n".join(out)
+
+
 def details_markdown(results):
     out = ["| workload | configuration | run | elapsed s | injection s | resumed "
            "| reused deliveries | deferred | sender CPU s (start-up) "
@@ -802,7 +853,7 @@ CHART_METRICS = [
     ("p99", "latency p99", "%.2f s"),
 ]
 CHART_COLOURS = {("stock", True): "#d95f02", ("patched", False): "#7570b3",
-                 ("patched", True): "#1b9e77"}
+                 ("patched", True): "#1b9e77", ("stock", None): "#999999"}
 LOG_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
 
 
@@ -819,7 +870,7 @@ def chart(results, wls, outdir):
     keys = [wl.key for wl in wls if any(r["workload"] == wl.key for r in results)]
     figs = {key: a["figures"] for key, a in aggregate(results).items()}
     base_label = config_label("stock", False)
-    width = 0.26
+    width = 0.8 / len(others)
     datafile = os.path.join(outdir, "chart.dat")
     script = os.path.join(outdir, "chart.gp")
     png = os.path.join(outdir, "chart.png")
@@ -849,7 +900,7 @@ def chart(results, wls, outdir):
                     if r is None or r <= 0:
                         continue
                     ratios.append(r)
-                    x = xi + (ci - 1) * width
+                    x = xi + (ci - (len(others) - 1) / 2.0) * width
                     f.write("%g %g %g %g %g %g\n" % (x, r, x - width * 0.45,
                                                        x + width * 0.45, min(1, r), max(1, r)))
                 f.write("\n\n")
@@ -1015,6 +1066,13 @@ def main():
                    info["openssl"], info["postfix_stock"].split("=")[-1].strip(),
                    info["postfix_patched"].split("=")[-1].strip()))
         f.write(table + "\n")
+        f.write("### Where the sender's CPU goes (s per 1000 messages)\n\n"
+                "The delivery agents are the processes that TLS reuse changes; "
+                "the rest of the sender (smtpd receiving the injected mail, "
+                "cleanup, qmgr, trivial-rewrite, postlogd, master, and processes "
+                "that exited during the run) does the same work in every "
+                "configuration.  Medians over the runs; in parentheses the ratio "
+                "to stock reuse off.\n\n" + cpu_split_markdown(results, wls) + "\n\n")
         f.write("### Details\n\n" + details + "\n\n")
         f.write("Bench time %.0f s.\n" % info["bench_seconds"])
         if failed:
@@ -1030,8 +1088,10 @@ def main():
     log("bench took %.0f s; %s" % (info["bench_seconds"], outdir))
     if problem:
         log(problem)
+    # Plaintext is expected only from the no-TLS floor configuration.
     incomplete = [r for r in results if r["delivered"] != r["messages"]
-                  or r["plaintext"] or r["received"] < r["delivered"]]
+                  or (r["plaintext"] and r["reuse"] is not None)
+                  or r["received"] < r["delivered"]]
     for r in incomplete:
         log("INCOMPLETE %s run %d %s: %d/%d delivered, %d received, %d plaintext"
             % (r["workload"], r["run"] + 1, r["config"], r["delivered"], r["messages"],
