@@ -79,6 +79,7 @@ import resource
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -432,6 +433,42 @@ class Metered:
         return self.rusage["utime"] + self.rusage["stime"]
 
 
+# -- concurrent connections -----------------------------------------------
+
+class ConnectionPeaks:
+    """The largest number of established TCP connections seen at each
+    receiver address (local port 25 in /proc/net/tcp), sampled by the
+    caller.  Every connection that is open at the same time as another to
+    the same address needs its own TLS handshake, so the sum over the
+    addresses of these peaks is a floor for the handshake count.  Sampling
+    can miss a short peak: the floor can only be underestimated."""
+
+    def __init__(self, addresses, port=25):
+        self.want = {"%08X:%04X" % (int.from_bytes(socket.inet_aton(a), "little"), port): a
+                     for a in addresses}
+        self.peak = dict.fromkeys(addresses, 0)
+
+    def sample(self):
+        now = {}
+        try:
+            with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                    fields = line.split(None, 4)
+                    # local_address rem_address st; 01 is ESTABLISHED
+                    if fields[3] == "01" and fields[1] in self.want:
+                        a = self.want[fields[1]]
+                        now[a] = now.get(a, 0) + 1
+        except OSError:
+            return
+        for a, n in now.items():
+            if n > self.peak[a]:
+                self.peak[a] = n
+
+    def total(self):
+        return sum(self.peak.values())
+
+
 # -- logs ---------------------------------------------------------------
 
 class LogTail:
@@ -527,6 +564,7 @@ def run_one(wl, flavour, reuse, run, log):
         inj_thread = threading.Thread(target=_catch, args=(inj.run, inj_exc), daemon=True)
         inj_thread.start()
 
+        peaks = ConnectionPeaks(wl.addresses)
         status = {}                     # queue id -> last status seen
         sent = bounced = 0
         t_last = None
@@ -544,6 +582,7 @@ def run_one(wl, flavour, reuse, run, log):
                 elif st == "bounced":
                     bounced += 1
                 status[qid] = st
+            peaks.sample()
             if sent + bounced >= wl.messages:
                 break
             if inj_exc:
@@ -590,6 +629,8 @@ def run_one(wl, flavour, reuse, run, log):
             "received": c.messages, "plaintext": c.plaintext_messages,
             "connections": c.connections, "handshakes": c.handshakes,
             "resumed": c.resumed,
+            "peak_connections": peaks.total(),
+            "peak_connections_by_address": peaks.peak if len(wl.addresses) <= 10 else None,
             "elapsed": elapsed,
             "injection_seconds": inj.done - t0 if inj.done else None,
             "processes_seen": processes_seen(snd),
@@ -663,6 +704,7 @@ def figures(r):
     per_k = (lambda x: None if x is None or not n else x * 1000.0 / n)
     return {
         "handshakes": per_k(r["handshakes"]),
+        "handshake_floor": per_k(r.get("peak_connections")),
         "connections": per_k(r["connections"]),
         "msgs": n / r["elapsed"] if r["elapsed"] > 0 else None,
         "cpu_sender": per_k(r["cpu_sender"]),
@@ -675,6 +717,7 @@ def figures(r):
 # (key, column heading, number format); msg/s is the only "higher is better".
 COLUMNS = [
     ("handshakes", "TLS handshakes /1000 msg", "%.0f"),
+    ("handshake_floor", "peak concurrent connections /1000 msg", "%.0f"),
     ("connections", "TCP connections /1000 msg", "%.0f"),
     ("msgs", "msg/s", "%.1f"),
     ("cpu_sender", "sender CPU s /1000 msg", "%.1f"),
