@@ -8,7 +8,8 @@ The sender's smtp, tlsproxy and scache programs run through wrappers in a
 daemon directory of its own ("exec valgrind --tool=callgrind ..."); every
 other program is the installed one.  Load: --messages messages of ~10 KB,
 round robin to 8 domains on 2 Postfix receiver addresses (127.0.3.61-62),
-injected back to back, TLS level encrypt, reuse on.  Instruction counts
+injected back to back, TLS level encrypt, reuse on, no CAfile (as in
+bench.py).  Instruction counts
 (Ir) do not depend on machine noise.  Output: per program, total Ir, Ir per
 delivered message, and the top functions (inclusive of nothing: self cost),
 written to bench/results/profile-<UTC time>/profile.md.
@@ -73,6 +74,26 @@ def annotate(files):
             sorted(objs.items(), key=lambda kv: -kv[1]))
 
 
+# Per program, the function whose inclusive cost is the per-delivery work
+# (the rest is process start-up, configuration and exit).
+SERVICE = {"smtp": "smtp_service", "tlsproxy": "event_loop", "scache": "event_loop"}
+
+
+def inclusive(files, function):
+    """Sum of function's inclusive Ir over callgrind output files."""
+    total = 0
+    for f in files:
+        out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+                              "--auto=no", f], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            m = re.match(r"^\s*([\d,]+) \([ \d.]+%\)\s+\S*:" + re.escape(function) + r" \[",
+                         line)
+            if m:
+                total += int(m.group(1).replace(",", ""))
+                break
+    return total
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=200)
@@ -86,7 +107,7 @@ def main():
         r = w.postfix_receiver("mx", ADDRS)
         s = w.sender({d: "[%s]:25" % ADDRS[i % 2] for i, d in enumerate(DOMAINS)},
                      reuse=True, flavour=args.flavour, tuned=False,
-                     smtp_starttls_timeout="120s")
+                     smtp_starttls_timeout="120s", smtp_tls_CAfile="")
         outdir = os.path.join(s.base, "callgrind")
         wrap(s, outdir)
         w.start()
@@ -112,6 +133,12 @@ def main():
             total, funcs, objs = annotate(files)
             lines += ["## %s: %d processes, %.1f M instructions, %.2f M per message"
                       % (p, len(files), total / 1e6, total / 1e6 / args.messages), "",
+                      "Of which in %s() (serving requests, not process start-up): "
+                      "%.2f M per message; the rest, %.1f M per process, is start-up, "
+                      "configuration and exit." % (
+                          SERVICE[p], inclusive(files, SERVICE[p]) / 1e6 / args.messages,
+                          (total - inclusive(files, SERVICE[p])) / 1e6 / max(len(files), 1)),
+                      "",
                       "By object: " + ", ".join("%s %.0f%%" % (o, 100.0 * ir / max(total, 1))
                                                 for o, ir in objs[:6]), "",
                       "| self Ir (M) | % | function |", "|---:|---:|---|"]
