@@ -11,7 +11,7 @@
 #   make build-stock  the same for pristine upstream, under build/inst/stock
 #   make unit         upstream's own unit tests only
 #   make check-series build each patch in turn, with src/tls and src/smtp tests
-#   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~3 min)
+#   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~4 min)
 #   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
 #   make fuzz         fuzz the tlsproxy(8) protocol deserializers, FUZZ_SECONDS
 #                     (default 600) per target (FUZZ_TARGETS="context ..." selects)

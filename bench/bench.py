@@ -1039,7 +1039,7 @@ def main():
     signal.signal(signal.SIGHUP, _terminate)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="small message counts (CI, about 3 minutes)")
+                    help="small message counts (CI, about 4 minutes)")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC time>)")
     ap.add_argument("--workloads", default="W1,W2,W3,W4",
                     help="comma-separated subset of W1,W2,W3,W4")
