@@ -32,8 +32,10 @@ def test_reuse_yes_alone_reuses_spaced_mail(world):
     wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
     c = r.counts()
     assert c.messages == n and c.plaintext_messages == 0
+    wait_for(lambda: len(r.message_ids()) >= len(ids), 30, "their Message-IDs logged")
     assert sorted(r.message_ids()) == sorted(ids)
     assert (c.connections, c.handshakes) == (1, 1), c
+    wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30, "%d deliveries logged" % n)
     assert s.conn_uses() == list(range(2, n + 1))
     assert not s.grep(r"warning: .*(service is unavailable|exceeds)")
 

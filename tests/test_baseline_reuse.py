@@ -28,6 +28,7 @@ def test_spaced_messages_postfix_receiver(world, flavour, reuse):
     wait_for(lambda: len(s.grep(r"status=sent")) >= N, 30, "%d deliveries logged" % N)
     c = r.counts()
     assert c.messages == N
+    wait_for(lambda: len(r.message_ids()) >= len(ids), 30, "their Message-IDs logged")
     assert sorted(r.message_ids()) == sorted(ids), "each message exactly once"
     assert c.plaintext_messages == 0
     if reuse:
@@ -50,6 +51,7 @@ def test_spaced_messages_aiosmtpd_receiver(world):
     wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30, "%d deliveries logged" % n)
     c = r.counts()
     assert c.messages == n and c.plaintext_messages == 0
+    wait_for(lambda: len(r.message_ids()) >= len(ids), 30, "their Message-IDs logged")
     assert sorted(r.message_ids()) == sorted(ids)
     assert (c.connections, c.handshakes) == (1, 1), c
     assert s.conn_uses() == list(range(2, n + 1))

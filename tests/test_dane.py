@@ -69,10 +69,16 @@ def sent_via(sender, r):
 
 
 def deliver(world, s, r, rcpt, n, spacing=SPACING, before=0):
-    """Send n messages spaced apart and wait until r has them all."""
+    """Send n messages spaced apart and wait until r has them all, and the
+    sender has logged their delivery (the receiver logs a message before
+    the sender logs status=sent)."""
     ids = world.send(s, rcpt, n=n, spacing=spacing)
     wait_for(lambda: r.counts().messages >= before + n, 30,
              "%d messages at %s\n%s" % (before + n, r.name, s.log_tail()))
+    wait_for(lambda: len(sent_via(s, r)) >= before + n, 30,
+             "%d deliveries to %s logged\n%s" % (before + n, r.name, s.log_tail()))
+    wait_for(lambda: len(r.message_ids()) >= before + n, 30,
+             "%d Message-IDs logged by %s" % (before + n, r.name))
     return ids
 
 
