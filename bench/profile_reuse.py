@@ -3,13 +3,17 @@
 under valgrind --tool=callgrind.
 
     /usr/bin/python3 bench/profile_reuse.py [--messages 200] [--flavour patched]
+                     [--addresses 2] [--programs smtp,tlsproxy,scache]
 
 The sender's smtp, tlsproxy and scache programs run through wrappers in a
 daemon directory of its own ("exec valgrind --tool=callgrind ..."); every
 other program is the installed one.  Load: --messages messages of ~10 KB,
 round robin to 8 domains on 2 Postfix receiver addresses (127.0.3.61-62),
 injected back to back, TLS level encrypt, reuse on, no CAfile (as in
-bench.py).  Instruction counts
+bench.py).  --addresses N (more than 2) uses N receiver addresses from
+127.0.4.1 on, one domain each, so that tlsproxy(8) holds about N connections
+at once; --programs limits callgrind to some of the three programs (the
+others run natively, which is much faster).  Instruction counts
 (Ir) do not depend on machine noise.  Output: per program, total Ir, Ir per
 delivered message, and the top functions (inclusive of nothing: self cost),
 written to bench/results/profile-<UTC time>/profile.md.
@@ -36,14 +40,24 @@ DOMAINS = ["p%d.test" % i for i in range(8)]
 PROGRAMS = ["smtp", "tlsproxy", "scache"]
 
 
-def wrap(s, outdir):
+def world_layout(n):
+    """Receiver addresses and domains for --addresses n."""
+    if n <= 2:
+        return ADDRS[:max(n, 1)], DOMAINS
+    if n > 254:
+        sys.exit("--addresses: at most 254")
+    addrs = ["127.0.4.%d" % i for i in range(1, n + 1)]
+    return addrs, ["p%d.test" % i for i in range(n)]
+
+
+def wrap(s, outdir, programs):
     os.makedirs(outdir)
     os.chmod(outdir, 0o1777)
     # The daemon drops privileges before callgrind writes its output at
     # exit: the file must exist and be writable by then.
     s.wrap_daemons({p: 'out=%s/%s.$$.out\n: > $out\nchmod 666 $out\n'
                        'exec %s --tool=callgrind --callgrind-out-file=$out "$REAL" "$@"'
-                       % (outdir, p, shutil.which("valgrind")) for p in PROGRAMS})
+                       % (outdir, p, shutil.which("valgrind")) for p in programs})
 
 
 def annotate(files):
@@ -99,21 +113,29 @@ def main():
     ap.add_argument("--messages", type=int, default=200)
     ap.add_argument("--flavour", default="patched")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--addresses", type=int, default=2,
+                    help="receiver addresses (default 2; more: one domain each)")
+    ap.add_argument("--programs", default=",".join(PROGRAMS),
+                    help="comma-separated subset of %s" % ",".join(PROGRAMS))
     args = ap.parse_args()
+    programs = [p for p in PROGRAMS if p in args.programs.split(",")]
+    if not programs:
+        sys.exit("--programs: none of %s" % ",".join(PROGRAMS))
+    addrs, domains = world_layout(args.addresses)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = os.path.join(HERE, "results", "profile-%s" % stamp)
 
     with World("profile_reuse") as w:
-        r = w.postfix_receiver("mx", ADDRS)
-        s = w.sender({d: "[%s]:25" % ADDRS[i % 2] for i, d in enumerate(DOMAINS)},
+        r = w.postfix_receiver("mx", addrs)
+        s = w.sender({d: "[%s]:25" % addrs[i % len(addrs)] for i, d in enumerate(domains)},
                      reuse=True, flavour=args.flavour, tuned=False,
                      smtp_starttls_timeout="120s", smtp_tls_CAfile="")
         outdir = os.path.join(s.base, "callgrind")
-        wrap(s, outdir)
+        wrap(s, outdir, programs)
         w.start()
         with smtplib.SMTP("127.0.0.1", s.inject_port, timeout=120) as smtp:
             for k in range(args.messages):
-                rcpt = "user%d@%s" % (k, DOMAINS[k % len(DOMAINS)])
+                rcpt = "user%d@%s" % (k, domains[k % len(domains)])
                 msgid, data = mailgen.simple(rcpt, "prof", k)
                 data += b"x" * 10000 + b"\r\n"
                 smtp.sendmail("tester@sender.test", [rcpt], data)
@@ -126,9 +148,9 @@ def main():
         lines = ["# Callgrind profile of the TLS reuse path (%s)" % args.flavour, "",
                  "%d messages of ~10 KB to %d domains on %d receiver addresses, burst, "
                  "TLS level encrypt, reuse on; receiver counted %d connections, "
-                 "%d handshakes." % (args.messages, len(DOMAINS), len(ADDRS),
+                 "%d handshakes." % (args.messages, len(domains), len(addrs),
                                      c.connections, c.handshakes), ""]
-        for p in PROGRAMS:
+        for p in programs:
             files = glob.glob(os.path.join(outdir, "%s.*.out" % p))
             total, funcs, objs = annotate(files)
             lines += ["## %s: %d processes, %.1f M instructions, %.2f M per message"
