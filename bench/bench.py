@@ -934,18 +934,27 @@ def chart(results, wls, outdir):
         block = 0
         for mi, (metric, title, basefmt) in enumerate(CHART_METRICS):
             ratios = []
+            zeros = []
             plots = ["1 with lines lc rgb 'black' lw 2 notitle"]
             for ci, cfg in enumerate(others):
                 f.write("# %s, %s\n" % (metric, config_label(*cfg)))
+                rows = 0
                 for xi, key in enumerate(keys):
                     base = figs.get((key, base_label), {}).get(metric)
                     r = ratio(figs.get((key, config_label(*cfg)), {}).get(metric), base)
+                    x = xi + (ci - (len(others) - 1) / 2.0) * width
+                    if r == 0:
+                        zeros.append(x)     # no bar on a log scale: a "0" label
                     if r is None or r <= 0:
                         continue
                     ratios.append(r)
-                    x = xi + (ci - (len(others) - 1) / 2.0) * width
                     f.write("%g %g %g %g %g %g\n" % (x, r, x - width * 0.45,
                                                        x + width * 0.45, min(1, r), max(1, r)))
+                    rows += 1
+                # gnuplot does not count a data block without data rows in
+                # "index": every later block (and its colour) would shift.
+                if rows == 0:
+                    f.write("NaN NaN NaN NaN NaN NaN\n")
                 f.write("\n\n")
                 plots.append("'%s' index %d using 1:2:3:4:5:6 with boxxyerrorbars "
                              "lc rgb '%s' notitle" % (datafile, block, CHART_COLOURS[cfg]))
@@ -968,8 +977,10 @@ def chart(results, wls, outdir):
                 "set yrange [%g:%g]" % (lo, hi),
                 "set ytics (%s)" % ", ".join("'%g' %g" % (t, t) for t in ticks),
                 "set xtics (%s) font ',10'" % ", ".join(xtics),
-                "plot " + ", ".join(plots),
             ]
+            lines += ["set label %d '0' at %g,%g center font ',8'" % (n + 10, x, lo * 1.25)
+                      for n, x in enumerate(zeros)]
+            lines += ["plot " + ", ".join(plots), "unset label"]
     # Eighth panel: the legend and how to read the chart.
     lines += [
         "unset title", "unset xtics", "unset ytics", "unset grid", "unset border",
@@ -1046,7 +1057,21 @@ def main():
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="runs per configuration for every workload (default: "
                          "W1 once, W2-W4 three times; --quick: once)")
+    ap.add_argument("--rechart", metavar="DIR",
+                    help="only redraw DIR/chart.png from DIR/results.json")
     args = ap.parse_args()
+
+    if args.rechart:
+        outdir = os.path.abspath(args.rechart)
+        with open(os.path.join(outdir, "results.json")) as f:
+            saved = json.load(f)
+        quick = saved.get("machine", {}).get("mode") == "quick"
+        present = {r["workload"] for r in saved["results"]}
+        problem = chart(saved["results"],
+                        [wl for wl in workloads(quick) if wl.key in present], outdir)
+        if problem:
+            sys.exit(problem)
+        return
 
     for flavour in ("stock", "patched"):
         if not installed(flavour):
