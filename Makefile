@@ -10,7 +10,8 @@
 #   make build        build and install the patched tree under build/inst/patched
 #   make build-stock  the same for pristine upstream, under build/inst/stock
 #   make unit         upstream's own unit tests only
-#   make check-series build each patch in turn, with src/tls and src/smtp tests
+#   make check-series build and install each prefix of the series: unit tests
+#                     of src/tls and src/smtp, core policy pairs (~40 min)
 #   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~4 min)
 #   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
 #   make fuzz         fuzz the tlsproxy(8) protocol deserializers, FUZZ_SECONDS
@@ -55,7 +56,7 @@ check: deps build build-stock
 unit: deps build
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
 
-check-series: deps
+check-series: deps build-stock
 	scripts/check-series
 
 bench: deps build build-stock
