@@ -91,6 +91,13 @@ def test_tlsproxy_closes_each_descriptor_once(world, flavour):
                '"$REAL" "$@"' % STRACE, flavour=flavour)
     world.start()
     traffic(world, r, s)
+    # Every proxied connection is gone: its plaintext descriptor (moved
+    # above 127 by the event_server(3) skeleton) must be closed, not leaked.
+    pids = s.children("tlsproxy")
+    assert pids, "no tlsproxy process"
+    for pid in pids:
+        high = [int(fd) for fd in os.listdir("/proc/%d/fd" % pid) if int(fd) >= 128]
+        assert not high, "tlsproxy %d still holds %s" % (pid, high)
     s.stop()
     # The tracers finish writing when their tracees have exited.
     wait_for(lambda: not tracing(logdir), 30, "strace to exit")
