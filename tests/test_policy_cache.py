@@ -1,0 +1,105 @@
+"""Connection cache destinations and cache keys (issue 13, items 6, 8, 16).
+
+- IPv6 nexthops in smtp_connection_cache_destinations: [ipv6:::1] (and
+  its :port and [::1] forms, a non-canonical spelling, a table entry) match
+  a nexthop [ipv6:::1]:25, spaced mail is reused, counted at a receiver on
+  ::1, and nothing is logged as a "type:table" problem.
+- CA file content: after the CAfile content changes so that the receiver is
+  no longer trusted, "postfix reload" (the documented step) makes the next
+  delivery verify anew; without it, the cached connection verified under the
+  old CAs is reused (the reason for the documentation).
+- The TLS client policy serializer notices new fields in the property
+  structures (a unit test in src/tls; see test_upstream_units.py for the
+  golden test itself).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from harness.postfix import TOP
+from harness.receivers import PostfixReceiver
+from harness.world import wait_for
+
+SPACING = 3
+WORK = os.path.join(TOP, "build", "postfix-3.10.13")
+
+
+# -- item 6: IPv6 cache destinations -------------------------------------
+
+def ipv6_receiver(world, name="r6"):
+    """A Postfix receiver on [::1]:25 only, logging as <name>/v6/smtpd.
+    Its sender needs inet_protocols = all and an inet_interfaces without
+    ::1 (else "mail for ::1 loops back to myself")."""
+    r = PostfixReceiver(name, os.path.join(world.dir, name), [],
+                        world.cert("mx-" + name))
+    r.main["inet_protocols"] = "all"
+    r.main["mynetworks"] = "127.0.0.0/8, [::1]/128"
+    r.addresses = ["v6"]                # counts() reads <name>/v6/smtpd
+    r.add_service("[::1]:25 inet n - n - - smtpd -o syslog_name=%s/v6" % name)
+    world.things.append(r)
+    return r
+
+
+@pytest.mark.parametrize("cache_dest, flavour", [
+    ("[ipv6:::1]", "patched"),
+    ("[ipv6:::1]:25", "patched"),
+    ("[::1]", "patched"),
+    ("[IPv6:0:0:0:0:0:0:0:1]", "patched"),
+    ("table", "patched"),
+    ("[ipv6:::1]", "stock"),
+], ids=["bracket", "bracket-port", "no-prefix", "long-form", "table",
+        "stock-bracket"])
+def test_ipv6_cache_destination(world, cache_dest, flavour):
+    """Plaintext connection caching for the nexthop [ipv6:::1]:25, spaced
+    messages: the patched client matches every IPv6 form (one connection
+    at the receiver, no warning); stock never matches (one connection per
+    message)."""
+    n = 5
+    r = ipv6_receiver(world)
+    s = world.sender({"d6.test": "[ipv6:::1]:25"}, level="none", tuned=False,
+                     flavour=flavour, inet_protocols="all",
+                     inet_interfaces="127.0.0.1",
+                     smtp_connection_cache_time_limit="10s",
+                     connection_cache_ttl_limit="30s")
+    if cache_dest == "table":
+        cache_dest = s.write_table("cache_dest", {"[ipv6:::1]": "yes"})
+    s.main["smtp_connection_cache_destinations"] = cache_dest
+    world.start()
+    world.send(s, "user@d6.test", n=n, spacing=SPACING)
+    wait_for(lambda: len(r.accepted_ids()) >= n, 60, "%d messages" % n)
+    wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30,
+             "%d deliveries logged" % n)
+    c = r.counts()
+    assert c.messages == n, c
+    assert all("relay=::1[::1]:25" in t for t in s.grep(r"status=sent"))
+    warnings = s.grep(r"warning:")
+    if flavour == "patched":
+        assert c.connections == 1, c
+        assert s.conn_uses() == list(range(2, n + 1))
+        assert warnings == []
+    else:
+        assert c.connections == n, c
+
+
+def test_malformed_ipv6_cache_destination_warns_once(world):
+    """A [] element with ':' that is no IPv6 address is reported once at
+    start-up and never taken for a "type:table"."""
+    r = ipv6_receiver(world)
+    s = world.sender({"d6.test": "[ipv6:::1]:25"}, level="none", tuned=False,
+                     inet_protocols="all", inet_interfaces="127.0.0.1",
+                     smtp_connection_cache_destinations="[ipv6:x::y], [ipv6:::1]")
+    world.start()
+    world.send(s, "user@d6.test", n=2, spacing=1)
+    wait_for(lambda: len(r.accepted_ids()) >= 2, 60, "2 messages")
+    s.wait_log(r"status=sent", count=2)
+    warnings = s.grep(r"warning:")
+    assert warnings and all(
+        re.search(r"smtp_connection_cache_destinations: malformed address in "
+                  r"\"\[ipv6:x::y\]\"; this element will never match", w)
+        for w in warnings), warnings
+    assert not s.grep(r"table|dictionary")
