@@ -103,3 +103,63 @@ def test_malformed_ipv6_cache_destination_warns_once(world):
                   r"\"\[ipv6:x::y\]\"; this element will never match", w)
         for w in warnings), warnings
     assert not s.grep(r"table|dictionary")
+
+
+# -- item 8: CA file content and "postfix reload" ------------------------
+
+@pytest.mark.parametrize("reload", [True, False], ids=["reload", "no-reload"])
+def test_cafile_content_change(world, reload):
+    """Level secure, reuse on, a connection verified under the CAs in
+    smtp_tls_CAfile is cached.  The CAfile content is replaced by another
+    CA, which does not trust the receiver.  With "postfix reload" (the step
+    that TLS_README documents), the cached connection is closed and the next
+    delivery verifies anew: it is deferred as not verified, and the receiver
+    sees no further message.  Without the reload, the connection verified
+    under the old CAs is reused: cache keys name the CAfile, not its content,
+    which is why the documentation asks for the reload."""
+    from harness.pki import TestCA
+    other = TestCA(os.path.join(world.dir, "pki-other"), name="Other CA")
+    r = world.postfix_receiver("r1", ["127.0.0.10"])
+    s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, level="secure",
+                     smtp_tls_secure_cert_match="mx-r1.test")
+    cafile = os.path.join(s.conf, "cafile.pem")
+    shutil.copyfile(world.ca.cert, cafile)
+    s.main["smtp_tls_CAfile"] = cafile
+    world.start()
+
+    world.send(s, "user@d1.test", tag="first")
+    s.wait_log(r"status=sent")
+    wait_for(lambda: len(r.accepted_ids()) >= 1, 30, "the first message")
+    assert (r.counts().connections, r.counts().handshakes) == (1, 1)
+    scache = s.children("scache")
+    assert scache, "no scache process holds the connection"
+
+    tmp = cafile + ".new"
+    shutil.copyfile(other.cert, tmp)
+    os.replace(tmp, cafile)
+    if reload:
+        s.reload()
+        # scache(8) exits when the master closes its status pipe, and the
+        # connection that it held is closed at the receiver.
+        wait_for(lambda: not any(p in s.children("scache") for p in scache),
+                 30, "the old scache process to exit")
+        r.wait_log(r"^disconnect from ", ident="r1/127.0.0.10/smtpd")
+    else:
+        time.sleep(SPACING)
+    world.send(s, "user@d1.test", tag="second")
+
+    if reload:
+        s.wait_log(r"status=deferred \(Server certificate not verified\)")
+        assert s.grep(r"certificate verification failed for 127\.0\.0\.10"
+                      r".*untrusted issuer", ident="tlsproxy")
+        assert len(s.grep(r"status=sent")) == 1
+        c = r.counts()
+        assert c.messages == 1 and len(r.accepted_ids()) == 1, c
+        assert not s.grep(r"conn_use=")
+        assert not r.grep(r"client=", ident="r1/127.0.0.10/smtpd")[1:]
+    else:
+        s.wait_log(r"status=sent", count=2)
+        wait_for(lambda: len(r.accepted_ids()) >= 2, 30, "the second message")
+        c = r.counts()
+        assert (c.connections, c.handshakes, c.messages) == (1, 1, 2), c
+        assert s.conn_uses() == [2]
