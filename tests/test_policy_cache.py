@@ -163,3 +163,85 @@ def test_cafile_content_change(world, reload):
         c = r.counts()
         assert (c.connections, c.handshakes, c.messages) == (1, 1, 2), c
         assert s.conn_uses() == [2]
+
+
+# -- item 16: the policy serializer notices new property members ---------
+
+OBJ = os.path.join(TOP, "build", "obj", os.environ.get("UNIT_FLAVOUR", "patched"))
+
+
+def _tls_copy(tmp_path):
+    """src/tls of the built tree in a scratch tree whose include and lib
+    are links to the built ones (the Makefile uses ../../include, lib, conf)."""
+    if not os.path.exists(os.path.join(OBJ, "src", "tls", "tls_client_policy.o")):
+        pytest.fail("no built tree at %s: run 'make build'" % OBJ)
+    root = tmp_path / "tree"
+    (root / "src").mkdir(parents=True)
+    subprocess.run(["cp", "-a", os.path.join(OBJ, "src", "tls"), str(root / "src")],
+                   check=True)
+    for d in ("include", "lib", "conf"):
+        os.symlink(os.path.join(OBJ, d), str(root / d))
+    return root / "src" / "tls"
+
+
+def _make(tls, *targets):
+    return subprocess.run(["make", "-C", str(tls)] + list(targets),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", timeout=300)
+
+
+def _add_member(tls, struct, after, member):
+    """Insert a member line into struct after the line matching 'after'
+    (None: before the closing line)."""
+    path = tls / "tls.h"
+    lines = path.read_text().splitlines(keepends=True)
+    end = next(i for i, l in enumerate(lines) if l.startswith("} %s;" % struct))
+    start = max(i for i in range(end) if lines[i].startswith("typedef struct {"))
+    if after is None:
+        at = end
+    else:
+        at = next(i for i in range(start, end) if re.search(after, lines[i])) + 1
+    lines.insert(at, "    %s\n" % member)
+    path.write_text("".join(lines))
+
+
+def test_policy_fields_unchanged_pass(tmp_path):
+    """The unmodified tree compiles, and both policy unit tests pass."""
+    tls = _tls_copy(tmp_path)
+    os.utime(tls / "tls_client_policy.c")
+    r = _make(tls, "tls_client_policy.o", "tls_client_policy_test",
+              "tls_client_policy_fields_test")
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+@pytest.mark.parametrize("struct, after, member, expect", [
+    ("TLS_CLIENT_START_PROPS", r"\*sni;", "const char *dummy_new_field;",
+     r"error: size of array .policy_start_props_changed_serverid. is negative"),
+    ("TLS_CLIENT_START_PROPS", None, "char    dummy_new_field;",
+     r"error: size of array .policy_start_props_changed. is negative"),
+    ("TLS_CLIENT_INIT_PROPS", None, "int     dummy_new_field;",
+     r"error: size of array .policy_init_props_changed. is negative"),
+    ("TLS_CLIENT_INIT_PROPS", r"\bverifydepth;", "int     dummy_new_field;",
+     "fields_test"),
+], ids=["start-pointer-middle", "start-char-end", "init-int-end",
+        "init-int-in-padding"])
+def test_policy_fields_new_member_fails(tmp_path, struct, after, member, expect):
+    """A member added to a property structure without the serializer's list
+    breaks the build (layout checks) or, when it hides in alignment padding
+    and changes no size or offset, "make tests" (name comparison)."""
+    tls = _tls_copy(tmp_path)
+    _add_member(tls, struct, after, member)
+    r = _make(tls, "tls_client_policy.o")
+    if expect != "fields_test":
+        assert r.returncode != 0, "compiled with a new member:\n" + r.stdout[-2000:]
+        assert re.search(expect, r.stdout), r.stdout[-3000:]
+        return
+    # Layout unchanged on this platform (LP64): the compile-time checks pass,
+    # the name comparison must not.
+    import struct as _struct
+    if _struct.calcsize("P") != 8:
+        pytest.skip("the padding after verifydepth exists on LP64 only")
+    assert r.returncode == 0, r.stdout[-3000:]
+    r = _make(tls, "tls_client_policy_fields_test")
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert re.search(r"^< %s dummy_new_field$" % struct, r.stdout, re.M), r.stdout[-2000:]
