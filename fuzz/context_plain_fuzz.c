@@ -10,9 +10,10 @@
 /*	smtp_session_activate() in smtp(8) reads the endpoint properties
 /*	of a connection that it takes from scache(8): attr_scan_plain()
 /*	with ATTR_FLAG_NONE, first the TLS level, reuse count, endpoint
-/*	features and expiration time, then, when the level calls for
-/*	it, the TLS session state with tls_proxy_context_scan() and
-/*	RECV_ATTR_FUNC(). As smtp(8) does with a cached session, it
+/*	features, expiration time and end of the cache period, then,
+/*	when the level calls for it, the TLS session state with
+/*	tls_proxy_context_scan() and RECV_ATTR_FUNC(). As smtp(8)
+/*	does with a cached session, it
 /*	then checks the session against TLS policies with
 /*	tls_client_session_mismatch(), which parses the "peer_cert_der"
 /*	certificate with OpenSSL and checks names against it.
@@ -58,6 +59,7 @@
 #define SESS_ATTR_REUSE_COUNT	"reuse_count"
 #define SESS_ATTR_ENDP_FEATURES	"endpoint_features"
 #define SESS_ATTR_EXPIRE_TIME	"expire_time"
+#define SESS_ATTR_CACHE_DEADLINE "cache_deadline"
 
 /* context_free - FUZZ_FREE_FN wrapper */
 
@@ -125,6 +127,7 @@ int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int     reuse_count;
     int     endp_features;
     long    expire_time;
+    long    cache_deadline;
     int     ok;
 
     fuzz_init();
@@ -142,7 +145,9 @@ int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					&endp_features),
 			  RECV_ATTR_LONG(SESS_ATTR_EXPIRE_TIME,
 					 &expire_time),
-			  ATTR_TYPE_END) == 4
+			  RECV_ATTR_LONG(SESS_ATTR_CACHE_DEADLINE,
+					 &cache_deadline),
+			  ATTR_TYPE_END) == 5
 	  && ((cached_level > TLS_LEV_MAY
 	       || (cached_level == TLS_LEV_MAY && vstream_peek(mp) > 0)) == 0
 	      || attr_scan_plain(mp, ATTR_FLAG_NONE,

@@ -262,6 +262,7 @@ static void endp_prop(const char *label, int level, TLS_SESS_STATE *ctx)
 			 SEND_ATTR_INT("reuse_count", 3),
 			 SEND_ATTR_INT("endpoint_features", 0x1c0),
 			 SEND_ATTR_LONG("expire_time", 1795000000L),
+			 SEND_ATTR_LONG("cache_deadline", 1794999708L),
 			 ATTR_TYPE_END) != 0
 	|| (ctx && attr_print_plain(mp, ATTR_FLAG_NONE,
 				    SEND_ATTR_FUNC(tls_proxy_context_print,
