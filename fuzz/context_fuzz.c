@@ -6,16 +6,20 @@
 /* SYNOPSIS
 /*	context [libFuzzer options] [corpus directory or input file...]
 /* DESCRIPTION
-/*	This program feeds each input to tls_proxy_context_receive(),
-/*	the function with which smtp(8) reads the TLS session state
-/*	(TLS_SESS_STATE, including the server certificate in the
-/*	"peer_cert_der" DATA attribute) that tlsproxy(8) returns after
-/*	a handshake. That function calls tls_proxy_context_scan() via
-/*	attr_scan() (the null-terminated attr_scan0() encoding) with
-/*	ATTR_FLAG_STRICT and RECV_ATTR_FUNC().
+/*	This program feeds each input to tls_proxy_context_receive_version(),
+/*	the function with which smtp(8) reads the TLS context version
+/*	and the TLS session state (TLS_SESS_STATE, including the server
+/*	certificate in the "peer_cert_der" DATA attribute) that
+/*	tlsproxy(8) returns after a handshake; an input that does not
+/*	start with the version is skipped up to the end of its attribute
+/*	list. Each input is also fed to tls_proxy_context_receive(),
+/*	which reads the version 1 context that tlsproxy(8) sends to
+/*	clients that ask for no version. Both call tls_proxy_context_scan()
+/*	or tls_proxy_context_scan_v1() via attr_scan() (the null-terminated
+/*	attr_scan0() encoding) with ATTR_FLAG_STRICT and RECV_ATTR_FUNC().
 /*
 /*	A successfully scanned structure must survive a round trip
-/*	through tls_proxy_context_print() (see fuzz_common(3)). It
+/*	through the matching print function (see fuzz_common(3)). It
 /*	is destroyed with tls_proxy_context_free(), so that
 /*	LeakSanitizer reports any memory that a scan leaks.
 /* SEE ALSO
@@ -34,6 +38,7 @@
 /* Utility library. */
 
 #include <attr.h>
+#include <msg.h>
 #include <vstream.h>
 
 /* TLS library. */
@@ -58,14 +63,27 @@ int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     TLS_SESS_STATE *tls_context;
     VSTREAM *fp;
+    int     version;
 
     fuzz_init();
+    fp = fuzz_open(data, size);
+    tls_context = tls_proxy_context_receive_version(fp, &version);
+    fuzz_close(fp);
+    if (tls_context != 0) {
+	if (version != TLS_PROXY_CONTEXT_VERSION)
+	    msg_panic("context of version %d accepted", version);
+	fuzz_round_trip("tls_proxy_context_scan", &fuzz_codec_zero,
+			tls_proxy_context_print, tls_proxy_context_scan,
+			context_free, (void *) tls_context,
+			FUZZ_RT_FLAG_NONE);
+	tls_proxy_context_free(tls_context);
+    }
     fp = fuzz_open(data, size);
     tls_context = tls_proxy_context_receive(fp);
     fuzz_close(fp);
     if (tls_context != 0) {
-	fuzz_round_trip("tls_proxy_context_scan", &fuzz_codec_zero,
-			tls_proxy_context_print, tls_proxy_context_scan,
+	fuzz_round_trip("tls_proxy_context_scan_v1", &fuzz_codec_zero,
+			tls_proxy_context_print_v1, tls_proxy_context_scan_v1,
 			context_free, (void *) tls_context,
 			FUZZ_RT_FLAG_NONE);
 	tls_proxy_context_free(tls_context);

@@ -99,6 +99,18 @@ static void write_one(const char *target, const char *label,
     vstring_free(buf);
 }
 
+/* versioned_context_print - what tlsproxy(8) sends with TLS_PROXY_FLAG_SEND_VERSION */
+
+static int versioned_context_print(ATTR_PRINT_COMMON_FN print_fn, VSTREAM *fp,
+				           int flags, const void *ptr)
+{
+    return (print_fn(fp, flags | ATTR_FLAG_MORE,
+		     SEND_ATTR_INT(TLS_ATTR_CONTEXT_VERSION,
+				   TLS_PROXY_CONTEXT_VERSION),
+		     SEND_ATTR_FUNC(tls_proxy_context_print, ptr),
+		     ATTR_TYPE_END));
+}
+
 /* client_params - TLS_CLIENT_PARAMS with main.cf defaults */
 
 static void client_params(TLS_CLIENT_PARAMS *params)
@@ -432,12 +444,17 @@ int     main(int argc, char **argv)
 
     /*
      * TLS_SESS_STATE from tlsproxy(8), without and with the matched
-     * server certificate.
+     * server certificate: versioned, and version 1 for clients that ask
+     * for no version.
      */
     sess_state(&ctx, TLS_LEV_ENCRYPT, (VSTRING *) 0);
-    write_one("context", "encrypt", zero, tls_proxy_context_print, &ctx);
+    write_one("context", "encrypt", zero, versioned_context_print, &ctx);
+    write_one("context", "v1-encrypt", zero, tls_proxy_context_print_v1,
+	      &ctx);
     sess_state(&ctx, TLS_LEV_SECURE, der);
-    write_one("context", "secure-cert", zero, tls_proxy_context_print, &ctx);
+    write_one("context", "secure-cert", zero, versioned_context_print, &ctx);
+    write_one("context", "v1-secure", zero, tls_proxy_context_print_v1,
+	      &ctx);
 
     /*
      * The same in scache(8) endpoint properties.
