@@ -70,8 +70,9 @@ def test_tlsproxy_unavailable(world, flavour, level):
         s.wait_log(r"status=deferred \(Cannot start TLS: the tlsproxy service "
                    r"is unavailable\)", count=3)
         assert s.grep(r"^warning: TLS connection reuse is enabled, but the tlsproxy "
-                      r"service is unavailable; master.cf needs an entry "
-                      r"\"tlsproxy unix - - n - 0 tlsproxy\"")
+                      r"service is unavailable: make sure that master.cf has an "
+                      r"entry \"tlsproxy unix - - n - 0 tlsproxy\", and look for "
+                      r"tlsproxy errors in the maillog$")
         assert r.counts().messages == 0
     elif level == "encrypt":
         s.wait_log(r"status=deferred \(Cannot start TLS: handshake failure\)")
