@@ -128,12 +128,22 @@ def lost_events(path):
 
 
 def perf_lines(path, fields):
+    """Lines of "perf script"; raises when perf fails, so that a truncated
+    listing never passes for a complete one.  A caller that stops early
+    (an exception in its loop) closes the pipe and reaps perf here."""
     p = subprocess.Popen(["perf", "script", "-i", path, "-F", fields, "--show-task-events"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          errors="replace")
-    for line in p.stdout:
-        yield line
-    p.wait()
+    done = False
+    try:
+        for line in p.stdout:
+            yield line
+        done = True
+    finally:
+        p.stdout.close()
+        rc = p.wait()
+    if done and rc != 0:
+        raise RuntimeError("perf script -i %s exited with %d" % (path, rc))
 
 
 class Attribution:
