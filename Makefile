@@ -9,6 +9,8 @@
 #   make export       write the work tree's commits back to patches/
 #   make build        build and install the patched tree under build/inst/patched
 #   make build-stock  the same for pristine upstream, under build/inst/stock
+#   make build-units  the patched tree again with PCRE and ICU, for upstream's
+#                     unit tests only (build/obj/units, not installed)
 #   make unit         upstream's own unit tests only
 #   make check-series build and install each prefix of the series: unit tests
 #                     of src/tls and src/smtp, core policy pairs (~40 min)
@@ -28,7 +30,7 @@ FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock check check-series unit demo bench longrun fuzz deps clean distclean
+.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun fuzz deps clean distclean
 
 all: build
 
@@ -50,10 +52,13 @@ build:
 build-stock:
 	scripts/build stock
 
-check: deps build build-stock
+build-units:
+	scripts/build units
+
+check: deps build build-stock build-units
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS)
 
-unit: deps build
+unit: deps build-units
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
 
 check-series: deps build-stock
