@@ -31,49 +31,13 @@
 
 #include <sys_defs.h>
 
-/* Utility library. */
-
-#include <attr.h>
-#include <vstream.h>
-
-/* TLS library. */
-
-#include <tls.h>
-#include <tls_proxy.h>
-
 /* Application-specific. */
 
 #include "fuzz_common.h"
-
-/* client_param_free - FUZZ_FREE_FN wrapper */
-
-static void client_param_free(void *ptr)
-{
-    tls_proxy_client_param_free((TLS_CLIENT_PARAMS *) ptr);
-}
 
 /* LLVMFuzzerTestOneInput - one input */
 
 int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    TLS_CLIENT_PARAMS *props = 0;
-    VSTREAM *fp;
-    int     ret;
-
-    fuzz_init();
-    fp = fuzz_open(data, size);
-    ret = attr_scan(fp, ATTR_FLAG_STRICT,
-		    RECV_ATTR_FUNC(tls_proxy_client_param_scan,
-				   (void *) &props),
-		    ATTR_TYPE_END);
-    fuzz_close(fp);
-    if (ret == 1 && props != 0)
-	fuzz_round_trip("tls_proxy_client_param_scan", &fuzz_codec_zero,
-			tls_proxy_client_param_print,
-			tls_proxy_client_param_scan,
-			client_param_free, (void *) props,
-			FUZZ_RT_FLAG_NONE);
-    if (props != 0)
-	tls_proxy_client_param_free(props);
-    return (0);
+    return (fuzz_props(FUZZ_PROPS_CLIENT_PARAM, data, size));
 }

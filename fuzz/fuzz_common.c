@@ -33,6 +33,11 @@
 /*	FUZZ_FREE_FN free_fn;
 /*	const void *ptr;
 /*	int	flags;
+/*
+/*	int	fuzz_props(which, data, size)
+/*	int	which;
+/*	const uint8_t *data;
+/*	size_t	size;
 /* DESCRIPTION
 /*	This module is shared by the libFuzzer targets that feed
 /*	untrusted bytes to the deserializers of the tlsproxy(8)
@@ -67,6 +72,17 @@
 /*	FUZZ_RT_FLAG_REORDERS, also the first and the second. It
 /*	aborts the process with a message naming \fIwhat\fR otherwise.
 /*	\fIfree_fn\fR destroys what \fIscan_fn\fR created.
+/*
+/*	fuzz_props() is the whole body of the targets for the request
+/*	structures that tlsproxy(8) (tlsp_get_request_event()) reads
+/*	with attr_scan(), ATTR_FLAG_STRICT and RECV_ATTR_FUNC(): it scans
+/*	the input that way with the scanner of the structure named by
+/*	\fIwhich\fR (FUZZ_PROPS_CLIENT_PARAM, FUZZ_PROPS_CLIENT_INIT,
+/*	FUZZ_PROPS_CLIENT_START, FUZZ_PROPS_SERVER_INIT or
+/*	FUZZ_PROPS_SERVER_START), checks a successful scan with
+/*	fuzz_round_trip(), and destroys whatever was scanned, so that
+/*	LeakSanitizer reports memory that a failed scan leaks. The
+/*	result is 0, as libFuzzer wants.
 /* LICENSE
 /* .ad
 /* .fi
@@ -90,6 +106,11 @@
 #include <vstream.h>
 #include <vstring.h>
 #include <attr.h>
+
+/* TLS library. */
+
+#include <tls.h>
+#include <tls_proxy.h>
 
 /* Application-specific. */
 
@@ -223,4 +244,85 @@ void    fuzz_round_trip(const char *what, const FUZZ_CODEC *codec,
 	|| ((flags & FUZZ_RT_FLAG_REORDERS) == 0 && !SAME(buf1, buf2)))
 	msg_panic("%s: round trip: %s serialization differs after scan",
 		  what, codec->name);
+}
+
+ /*
+  * FUZZ_FREE_FN wrappers for the typed destructors.
+  */
+static void client_param_free(void *ptr)
+{
+    tls_proxy_client_param_free((TLS_CLIENT_PARAMS *) ptr);
+}
+
+static void client_init_free(void *ptr)
+{
+    tls_proxy_client_init_free((TLS_CLIENT_INIT_PROPS *) ptr);
+}
+
+static void client_start_free(void *ptr)
+{
+    tls_proxy_client_start_free((TLS_CLIENT_START_PROPS *) ptr);
+}
+
+static void server_init_free(void *ptr)
+{
+    tls_proxy_server_init_free((TLS_SERVER_INIT_PROPS *) ptr);
+}
+
+static void server_start_free(void *ptr)
+{
+    tls_proxy_server_start_free((TLS_SERVER_START_PROPS *) ptr);
+}
+
+ /*
+  * One row per request structure, indexed by FUZZ_PROPS_*. Each scan
+  * reverses the TLSA record order of TLS_CLIENT_START_PROPS, because
+  * tlsa_prepend() prepends: only its first and third serializations agree.
+  */
+typedef struct FUZZ_PROPS_INFO {
+    const char *what;			/* scanner name, for diagnostics */
+    ATTR_SCAN_CUSTOM_FN scan_fn;
+    ATTR_PRINT_CUSTOM_FN print_fn;
+    FUZZ_FREE_FN free_fn;
+    int     rt_flags;			/* FUZZ_RT_FLAG_* */
+} FUZZ_PROPS_INFO;
+
+static const FUZZ_PROPS_INFO fuzz_props_info[] = {
+    {"tls_proxy_client_param_scan", tls_proxy_client_param_scan,
+	tls_proxy_client_param_print, client_param_free, FUZZ_RT_FLAG_NONE},
+    {"tls_proxy_client_init_scan", tls_proxy_client_init_scan,
+	tls_proxy_client_init_print, client_init_free, FUZZ_RT_FLAG_NONE},
+    {"tls_proxy_client_start_scan", tls_proxy_client_start_scan,
+	tls_proxy_client_start_print, client_start_free, FUZZ_RT_FLAG_REORDERS},
+    {"tls_proxy_server_init_scan", tls_proxy_server_init_scan,
+	tls_proxy_server_init_print, server_init_free, FUZZ_RT_FLAG_NONE},
+    {"tls_proxy_server_start_scan", tls_proxy_server_start_scan,
+	tls_proxy_server_start_print, server_start_free, FUZZ_RT_FLAG_NONE},
+};
+
+/* fuzz_props - one input for one request structure */
+
+int     fuzz_props(int which, const uint8_t *data, size_t size)
+{
+    const FUZZ_PROPS_INFO *info;
+    void   *props = 0;
+    VSTREAM *fp;
+    int     ret;
+
+    if (which < 0 || which >= (int) (sizeof(fuzz_props_info)
+				     / sizeof(fuzz_props_info[0])))
+	msg_panic("fuzz_props: bad structure index %d", which);
+    info = fuzz_props_info + which;
+    fuzz_init();
+    fp = fuzz_open(data, size);
+    ret = attr_scan(fp, ATTR_FLAG_STRICT,
+		    RECV_ATTR_FUNC(info->scan_fn, (void *) &props),
+		    ATTR_TYPE_END);
+    fuzz_close(fp);
+    if (ret == 1 && props != 0)
+	fuzz_round_trip(info->what, &fuzz_codec_zero, info->print_fn,
+			info->scan_fn, info->free_fn, props, info->rt_flags);
+    if (props != 0)
+	info->free_fn(props);
+    return (0);
 }

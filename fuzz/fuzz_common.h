@@ -52,6 +52,18 @@ extern void fuzz_print(VSTRING *, const FUZZ_CODEC *,
 #define FUZZ_RT_FLAG_REORDERS	(1<<0)	/* a round trip may reorder lists */
 
  /*
+  * The tlsproxy(8) request structures that tlsp_get_request_event() scans
+  * with attr_scan() and RECV_ATTR_FUNC(): one target each.
+  */
+#define FUZZ_PROPS_CLIENT_PARAM	0	/* TLS_CLIENT_PARAMS */
+#define FUZZ_PROPS_CLIENT_INIT	1	/* TLS_CLIENT_INIT_PROPS */
+#define FUZZ_PROPS_CLIENT_START	2	/* TLS_CLIENT_START_PROPS */
+#define FUZZ_PROPS_SERVER_INIT	3	/* TLS_SERVER_INIT_PROPS */
+#define FUZZ_PROPS_SERVER_START	4	/* TLS_SERVER_START_PROPS */
+
+extern int fuzz_props(int, const uint8_t *, size_t);
+
+ /*
   * libFuzzer entry point.
   */
 extern int LLVMFuzzerTestOneInput(const uint8_t *, size_t);

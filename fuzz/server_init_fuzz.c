@@ -31,49 +31,13 @@
 
 #include <sys_defs.h>
 
-/* Utility library. */
-
-#include <attr.h>
-#include <vstream.h>
-
-/* TLS library. */
-
-#include <tls.h>
-#include <tls_proxy.h>
-
 /* Application-specific. */
 
 #include "fuzz_common.h"
-
-/* server_init_free - FUZZ_FREE_FN wrapper */
-
-static void server_init_free(void *ptr)
-{
-    tls_proxy_server_init_free((TLS_SERVER_INIT_PROPS *) ptr);
-}
 
 /* LLVMFuzzerTestOneInput - one input */
 
 int     LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    TLS_SERVER_INIT_PROPS *props = 0;
-    VSTREAM *fp;
-    int     ret;
-
-    fuzz_init();
-    fp = fuzz_open(data, size);
-    ret = attr_scan(fp, ATTR_FLAG_STRICT,
-		    RECV_ATTR_FUNC(tls_proxy_server_init_scan,
-				   (void *) &props),
-		    ATTR_TYPE_END);
-    fuzz_close(fp);
-    if (ret == 1 && props != 0)
-	fuzz_round_trip("tls_proxy_server_init_scan", &fuzz_codec_zero,
-			tls_proxy_server_init_print,
-			tls_proxy_server_init_scan,
-			server_init_free, (void *) props,
-			FUZZ_RT_FLAG_NONE);
-    if (props != 0)
-	tls_proxy_server_init_free(props);
-    return (0);
+    return (fuzz_props(FUZZ_PROPS_SERVER_INIT, data, size));
 }
