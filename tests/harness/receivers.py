@@ -32,7 +32,7 @@ class Counts:
     connections: int = 0        # TCP connections accepted
     handshakes: int = 0         # TLS handshakes completed (full + resumed)
     resumed: int = 0            # of which resumed sessions
-    messages: int = 0           # messages accepted (end of DATA)
+    messages: int = 0           # messages accepted (end of DATA, queued)
     plaintext_messages: int = 0  # messages accepted without TLS
     tls: list = field(default_factory=list)   # (protocol, cipher) per handshake
 
@@ -43,6 +43,8 @@ class Counts:
 
 
 TLS_RE = re.compile(r"TLS connection established from .*?: (\S+) with cipher (\S+)")
+CLIENT_RE = re.compile(r"([0-9A-Za-z]+): client=")
+QMGR_FROM_RE = re.compile(r"([0-9A-Za-z]+): from=<.*>, size=\d+")
 
 
 class PostfixReceiver(Postfix):
@@ -89,34 +91,91 @@ class PostfixReceiver(Postfix):
         super().start()
 
     def counts(self, address=None):
-        """Counts for one listener address, or for all of them."""
-        if address is None:
-            total = Counts()
-            for a in self.addresses:
-                total += self.counts(a)
-            return total
-        ident = "%s/%s/smtpd" % (self.name, address)
-        c = Counts()
-        tls_pids = set()
+        """Counts for one listener address, or for all of them.
+
+        A message counts when it is accepted at the end of DATA: its queue
+        id has a "client=" line from this listener's smtpd (which smtpd
+        logs at the first accepted RCPT) and qmgr's "from=<...>, size="
+        line, which qmgr logs only when it picks up a message that cleanup
+        has committed to the queue, i.e. after the "." and before smtpd's
+        "250 Ok: queued as".  A transfer that breaks off in DATA, or whose
+        message cleanup rejects, never counts."""
+        idents = {"%s/%s/smtpd" % (self.name, a): a for a in self.addresses}
+        per = {a: Counts() for a in self.addresses}
+        tls_pids = {}               # ident -> pids whose connection has TLS
+        pending = {}                # queue id -> (address, plaintext?)
+        qmgr = self.name + "/qmgr"
         for i, pid, text in self.log_records():
-            if i != ident:
+            if i == qmgr:
+                m = QMGR_FROM_RE.match(text)
+                if m and m.group(1) in pending:
+                    a, plain = pending.pop(m.group(1))
+                    per[a].messages += 1
+                    per[a].plaintext_messages += plain
                 continue
+            a = idents.get(i)
+            if a is None:
+                continue
+            c, tp = per[a], tls_pids.setdefault(i, set())
             if text.startswith("connect from "):
                 c.connections += 1
-                tls_pids.discard(pid)
+                tp.discard(pid)
             elif "TLS connection established from" in text:
                 c.handshakes += 1
-                tls_pids.add(pid)
+                tp.add(pid)
                 m = TLS_RE.search(text)
                 if m:
                     c.tls.append((m.group(1), m.group(2)))
             elif text.endswith("Reusing old session") or "Reusing old session (" in text:
                 c.resumed += 1
-            elif re.match(r"[0-9A-Za-z]+: client=", text):
-                c.messages += 1
-                if pid not in tls_pids:
-                    c.plaintext_messages += 1
-        return c
+            else:
+                m = CLIENT_RE.match(text)
+                if m:
+                    pending[m.group(1)] = (a, pid not in tp)
+        if address is not None:
+            return per[address]
+        total = Counts()
+        for a in self.addresses:
+            total += per[a]
+        return total
+
+    def connections(self):
+        """The smtpd connections, in order: one dict per "connect from"
+        with its smtpd pid, the index of that log record (a pid serves one
+        connection after another, so the pair names a connection), whether
+        it has been disconnected yet, and the Message-IDs of the messages
+        accepted over it (end of DATA, as counts())."""
+        idents = {"%s/%s/smtpd" % (self.name, a) for a in self.addresses}
+        conns, current, byqid, msgid = [], {}, {}, {}
+        for n, (i, pid, text) in enumerate(self.log_records()):
+            if i in idents:
+                if text.startswith("connect from "):
+                    current[pid] = {"pid": pid, "connect": n, "address": i.split("/")[1],
+                                    "disconnected": False, "messages": []}
+                    conns.append(current[pid])
+                elif text.startswith("disconnect from ") and pid in current:
+                    current.pop(pid)["disconnected"] = True
+                else:
+                    m = CLIENT_RE.match(text)
+                    if m and pid in current:
+                        byqid[m.group(1)] = current[pid]
+            elif i == self.name + "/cleanup":
+                m = re.match(r"([0-9A-Za-z]+): message-id=(\S+)", text)
+                if m:
+                    msgid[m.group(1)] = m.group(2)
+            elif i == self.name + "/qmgr":
+                m = QMGR_FROM_RE.match(text)
+                if m and m.group(1) in byqid and m.group(1) in msgid:
+                    byqid.pop(m.group(1))["messages"].append(msgid.pop(m.group(1)))
+        return conns
+
+    def connection_of(self, message_id):
+        """The connection (see connections()) that accepted a message, or
+        None."""
+        for c in self.connections():
+            if message_id in c["messages"]:
+                return c
+        return None
 
     def message_ids(self):
         """Message-IDs of the messages this receiver accepted, in order."""
