@@ -115,21 +115,29 @@ def test_cache_time_above_ttl_cap_warns(world):
 
 
 @pytest.mark.parametrize("flavour", ["patched", "stock"])
-def test_bracketed_cache_destination(world, flavour):
+@pytest.mark.parametrize("destination", ["[127.0.0.10]:25", "127.0.0.10"],
+                         ids=["bracketed", "bare-control"])
+def test_bracketed_cache_destination(world, flavour, destination):
     """Plaintext connection caching for '[127.0.0.10]:25' as written in the
-    transport map: the patched client matches it, stock never does."""
+    transport map: the patched client matches it, stock never does.
+    scache's TTL cap (connection_cache_ttl_limit, 2 s in stock) is raised
+    to the cache time for both, so that only the destination match decides;
+    the control, the bare host that stock matches, shows that stock then
+    reuses the connection for spaced mail."""
     n = 5
     r = world.postfix_receiver("r1", ["127.0.0.10"])
     s = world.sender({"d1.test": "[127.0.0.10]:25"}, level="none", tuned=False,
                      flavour=flavour,
-                     smtp_connection_cache_destinations="[127.0.0.10]:25",
-                     smtp_connection_cache_time_limit="10s")
+                     smtp_connection_cache_destinations=destination,
+                     smtp_connection_cache_time_limit="10s",
+                     connection_cache_ttl_limit="10s")
     world.start()
     world.send(s, "user@d1.test", n=n, spacing=SPACING)
     wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
     c = r.counts()
     assert c.messages == n
-    assert c.connections == (1 if flavour == "patched" else n), c
+    matched = flavour == "patched" or not destination.startswith("[")
+    assert c.connections == (1 if matched else n), c
 
 
 @pytest.mark.parametrize("reuse, flavour", [
