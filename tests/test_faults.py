@@ -101,9 +101,20 @@ def settle(s, r, ids, allow_dup=False, timeout=60, fatal_ok=False):
     if not allow_dup:
         assert dups == 0, "duplicates: %s" % got
     assert c.plaintext_messages == 0
-    if not fatal_ok:
-        assert not s.grep(r"panic|fatal", ident="tlsproxy")
+    no_crash(s, tlsproxy_fatal_ok=fatal_ok)
     return row
+
+
+def no_crash(s, tlsproxy_fatal_ok=False):
+    """No fatal error or panic in smtp, scache (and tlsproxy, unless the
+    fault is a tlsproxy that cannot start), and no process of theirs killed
+    by a signal that the test did not send (SIGKILL is the tests' own)."""
+    for ident in ("smtp", "scache") + (() if tlsproxy_fatal_ok else ("tlsproxy",)):
+        bad = s.grep(r"\b(fatal|panic):", ident=ident)
+        assert not bad, "%s: %s\n%s" % (ident, bad, s.log_tail(40))
+    crashed = s.grep(r"process \S+/(smtp|scache|tlsproxy) pid \d+ killed by signal (?!9$)",
+                     ident="master")
+    assert not crashed, crashed
 
 
 def record(name, row):
@@ -177,9 +188,19 @@ def test_tlsproxy_fails_at_startup(world, flavour):
                           service_throttle_time="5s",
                           service="tlsproxy unix - - n - 1 tlsproxy")
     ids = world.send(s, "user@f.test", n=1)
+    # What makes the service unavailable: tlsproxy refuses to run, and
+    # master(8) throttles it (both builds).
+    s.wait_log(r"^fatal: service tlsproxy requires a process limit of 0$",
+               ident="tlsproxy", timeout=30)
+    s.wait_log(r"^warning: \S+/tlsproxy: bad command startup -- throttling$",
+               ident="master", timeout=30)
     if flavour == "stock":
         time.sleep(20)
-        assert not s.grep(r"status=(sent|deferred)", ident="smtp")
+        # Hanging: no outcome, the message still in the active queue, and
+        # the smtp process that took it still there, waiting.
+        assert not s.grep(r"status=(sent|deferred|bounced)", ident="smtp")
+        assert [q["queue_name"] for q in s.queued()] == ["active"]
+        assert s.children("smtp"), "no smtp process"
         assert r.accepted_ids() == []
         return
     s.wait_log(r"status=deferred .*Cannot start TLS: the tlsproxy service "
@@ -240,7 +261,13 @@ def test_receiver_sends_tls_alert(world):
     r, p, s = fault_world(world, receiver={"smtpd_tls_protocols": ">=TLSv1.3"},
                           smtp_tls_mandatory_protocols="<=TLSv1.2")
     ids = world.send(s, "user@f.test", n=2, spacing=1)
-    s.wait_log(r"status=deferred", count=2, ident="smtp")
+    deferred = s.wait_log(r"status=deferred", count=2, ident="smtp")
+    # Deferred because of the handshake, and the handshake failed on the
+    # receiver's alert (tlsproxy did it and logged the alert).
+    assert all("status=deferred (Cannot start TLS: handshake failure)" in t
+               for t in deferred), deferred
+    assert s.grep(r"tlsv1 alert protocol version.*SSL alert number 70", ident="tlsproxy"), \
+        s.log_tail(40)
     assert r.accepted_ids() == [] and r.counts().plaintext_messages == 0
     # Restart, not reload: a reload while a retry is in flight would leave
     # that message in the active queue until qmgr restarts.
@@ -265,7 +292,18 @@ def test_receiver_stalls(world, where):
         p.set(times=1, mute_down_after=150_000)
         message = big(200_000)
     ids = world.send(s, "user@f.test", n=1, message=message)
-    s.wait_log(r"status=deferred", ident="smtp", timeout=30)
+    [deferred] = s.wait_log(r"status=deferred", ident="smtp", timeout=30)[:1]
+    # Deferred for the stall: tlsproxy's handshake timed out, or smtp's
+    # own timeout (smtp_data_done_timeout: what smtp wrote to tlsproxy
+    # was all accepted, the reply never came).
+    if where == "handshake":
+        assert "status=deferred (Cannot start TLS: handshake failure)" in deferred, deferred
+        assert s.grep(r"^warning: ciphertext read/write timeout for \[%s\]:25$"
+                      % re.escape(PROXY), ident="tlsproxy"), s.log_tail(40)
+    else:
+        assert re.search(r"dsn=4\.4\.2, status=deferred \(conversation with "
+                         r"%s\[%s\] timed out while sending "
+                         % (re.escape(PROXY), re.escape(PROXY)), deferred), deferred
     p.unstall()
     row = settle(s, r, ids, allow_dup=(where == "end-of-data"))
     if where != "end-of-data":
