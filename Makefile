@@ -16,6 +16,11 @@
 #                     of src/tls and src/smtp, core policy pairs (~40 min)
 #   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~4 min)
 #   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
+#   make deb          Debian packages from Debian's own source package with the
+#                     series added (build/deb/; skipped when inputs unchanged)
+#   make check-deb    make deb, then install them into the system (root, private
+#                     network namespace), test, upgrade from Debian 12's postfix,
+#                     downgrade, purge (tests/test_debian_package.py)
 #   make fuzz         fuzz the tlsproxy(8) protocol deserializers, FUZZ_SECONDS
 #                     (default 600) per target (FUZZ_TARGETS="context ..." selects)
 #
@@ -30,7 +35,7 @@ FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun fuzz deps clean distclean
+.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun fuzz deps clean distclean deb check-deb
 
 all: build
 
@@ -64,6 +69,12 @@ unit: deps build-units
 check-series: deps build-stock
 	scripts/check-series
 
+deb:
+	scripts/deb
+
+check-deb: deps build-stock
+	scripts/check-deb
+
 bench: deps build build-stock
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
@@ -77,7 +88,7 @@ demo: deps build build-stock
 	$(PYTHON) demo/demo.py
 
 clean:
-	rm -rf build/obj build/inst build/stock-src build/run build/fuzz
+	rm -rf build/obj build/inst build/stock-src build/run build/fuzz build/deb-work
 
 # Everything under build/, the work tree included: export first.
 distclean:
