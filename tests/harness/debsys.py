@@ -175,13 +175,21 @@ class SystemState:
                 with open(p, "wb") as f:
                     f.write(data)
                 os.chmod(p, mode)
-        ca = os.path.join(CA_DIR, CA_NAME)
-        if os.path.lexists(ca):
-            os.unlink(ca)
-            run(["update-ca-certificates", "--fresh"])
+        # The snakeoil pair first: update-ca-certificates rehashes
+        # /etc/ssl/certs, which would link the snakeoil certificate.
+        rehash = bool(self.snakeoil)
         for p in self.snakeoil:
             os.unlink(p)
         self.snakeoil = []
+        ca = os.path.join(CA_DIR, CA_NAME)
+        if os.path.lexists(ca):
+            os.unlink(ca)
+            rehash = True
+        if rehash:
+            run(["update-ca-certificates", "--fresh"])
+        dangling = [p for p in glob.glob("/etc/ssl/certs/*") if not os.path.exists(p)]
+        if dangling:
+            problems.append("dangling links in /etc/ssl/certs: %s" % dangling)
         if self.policy_rc_d:
             os.unlink(self.policy_rc_d)
             self.policy_rc_d = None
