@@ -30,6 +30,10 @@
 
 PYTHON      = /usr/bin/python3
 PYTEST_ARGS =
+# pytest-xdist workers for make check, each in a network namespace of its own
+# (tests/conftest.py); PYTEST_JOBS=0 runs every test in one process, in the
+# caller's network namespace.
+PYTEST_JOBS = 2
 BENCH_ARGS  =
 FUZZ_SECONDS = 600
 FUZZ_TARGETS =
@@ -61,7 +65,7 @@ build-units:
 	scripts/build units
 
 check: deps build build-stock build-units
-	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS)
+	cd tests && $(PYTHON) -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 unit: deps build-units
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py

@@ -78,6 +78,9 @@ def fmt(c):
 
 
 def preconditions():
+    if os.environ.get("PFX_DEB_TESTS") != "1":
+        pytest.skip("installs Debian packages into the system: run by 'make check-deb' "
+                    "(PFX_DEB_TESTS=1), not by 'make check'")
     if os.geteuid() != 0:
         pytest.skip("needs root: installs Debian packages into the system")
     if not debsys.in_private_netns():
