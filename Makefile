@@ -1,7 +1,8 @@
 # Postfix TLS connection reuse patch series: build, test, demo.
 #
 #   make demo     build patched and stock Postfix (as needed) and run the demo
-#   make check    build everything and run all tests (what CI runs)
+#   make check    build everything and run all tests (what CI runs), the
+#                 Debian package tests (make check-deb) last
 #
 # Other targets:
 #   make fetch        obtain and verify the upstream tarball
@@ -66,6 +67,7 @@ build-units:
 
 check: deps build build-stock build-units
 	cd tests && $(PYTHON) -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	scripts/check-deb
 
 unit: deps build-units
 	cd tests && $(PYTHON) -m pytest $(PYTEST_ARGS) test_upstream_units.py
