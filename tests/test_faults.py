@@ -130,7 +130,8 @@ def record(name, row):
 @pytest.mark.parametrize("process", ["tlsproxy", "scache"])
 def test_killed_while_connection_cached(world, process):
     """tlsproxy (which holds the TLS session) or scache (which holds the
-    cached descriptor) killed while a connection is cached: the RSET probe
+    cached descriptor) killed while a connection is cached: the liveness
+    check (the cached descriptor is at end of file; stock: the RSET probe)
     or the cache lookup finds out, and the next delivery makes a new
     connection without a deferral."""
     r, p, s = fault_world(world)
@@ -236,7 +237,8 @@ def test_receiver_resets_mid_data(world):
 @pytest.mark.parametrize("how", ["closes-idle", "restarted"])
 def test_receiver_drops_cached_connection(world, how):
     """The receiver closes an idle cached connection, or restarts: the
-    stale connection is detected (RSET probe) and replaced, not counted as
+    stale connection is detected (readable at end of file; stock: the RSET
+    probe) and replaced, not counted as
     a delivery failure."""
     r, p, s = fault_world(world)
     ids = world.send(s, "user@f.test", n=2, spacing=2)

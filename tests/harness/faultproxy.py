@@ -19,6 +19,11 @@ misbehaving server would do, seen at the TCP level:
 A fault applies to connections made while it is set (and, with times=k, to
 the next k connections only).  close_all() and reset_all() end every open
 connection now (as a server that closes idle connections, or crashes).
+arm(action) makes every open connection end as soon as the client sends
+its next bytes, which are dropped: action "close" or "reset", or "421",
+which first answers with a 421 reply, as a server that is shutting down
+(meaningful for plaintext connections only).  This is the race in which a
+server closes a cached connection just after the client checked it.
 Counts: connections, and per connection bytes up/down and how it ended.
 """
 
@@ -41,6 +46,8 @@ class Conn:
         self.opened = time.time()
         self.closed = None
         self.plain = b""            # client bytes before STARTTLS
+        self.armed = None           # end at the next client bytes: how
+        self.dropped = 0            # client bytes dropped when armed
         self.starttls = False       # client sent STARTTLS
         self.lock = threading.Lock()
 
@@ -94,6 +101,16 @@ class Conn:
             self._kill(self.ended or "closed")
 
     def _client_bytes(self, data, f):
+        if self.armed:
+            self.dropped += len(data)
+            if self.armed == "421":
+                try:
+                    self.client.sendall(b"421 4.3.2 Service shutting down, "
+                                        b"closing transmission channel\r\n")
+                except OSError:
+                    pass
+            self._kill("reset" if self.armed == "reset" else "closed")
+            return
         if not self.starttls:
             self.plain += data
             self.starttls = b"STARTTLS\r\n" in self.plain.upper()
@@ -188,6 +205,12 @@ class FaultProxy:
     def close_all(self):
         for c in self.open_conns():
             c._kill("closed")
+
+    def arm(self, action):
+        """End every open connection at the client's next bytes."""
+        assert action in ("close", "reset", "421")
+        for c in self.open_conns():
+            c.armed = action
 
     def reset_all(self):
         for c in self.open_conns():
