@@ -1055,8 +1055,8 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="small message counts (CI, about 4 minutes)")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC time>)")
-    ap.add_argument("--workloads", default="W1,W2,W3,W4",
-                    help="comma-separated subset of W1,W2,W3,W4")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5",
+                    help="comma-separated subset of W1,W2,W3,W4,W5 (W5: w5_wan.py)")
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="runs per configuration for every workload (default: "
                          "W1 once, W2-W4 three times; --quick: once)")
@@ -1084,7 +1084,7 @@ def main():
     if args.repeat is not None and args.repeat < 1:
         sys.exit("--repeat must be at least 1")
     wls = [wl for wl in workloads(args.quick, args.repeat) if wl.key in wanted]
-    if not wls:
+    if not wls and "W5" not in wanted:
         sys.exit("no workload selected")
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -1118,13 +1118,20 @@ def main():
                     failed.append("%s run %d %s: %s" % (
                         wl.key, run + 1, config_label(flavour, reuse), e))
                     log("FAILED " + failed[-1])
+    w5 = None
+    if "W5" in wanted:                  # its own module, tables and files
+        import w5_wan
+        w5 = w5_wan.run(args.quick, outdir, log)
+        failed += w5["failed"]
     info["bench_seconds"] = time.time() - started
     info["loadavg_end"] = os.getloadavg()
     info["mode"] = "quick" if args.quick else "full"
 
     table = markdown(results, wls)
     details = details_markdown(results)
-    problem = chart(results, wls, outdir)
+    problem = chart(results, wls, outdir) if results else None
+    if w5:
+        table += "\n" + w5["markdown"] + "\n"
     with open(os.path.join(outdir, "results.md"), "w") as f:
         f.write("# Postfix TLS connection reuse bench (%s)\n\n" % info["mode"])
         f.write("%s; %d CPUs, %s; kernel %s; %s; Postfix stock %s / patched %s.\n"
@@ -1167,7 +1174,9 @@ def main():
         log("INCOMPLETE %s run %d %s: %d/%d delivered, %d received, %d plaintext"
             % (r["workload"], r["run"] + 1, r["config"], r["delivered"], r["messages"],
                r["received"], r["plaintext"]))
-    return 1 if failed or incomplete or problem else 0
+    if w5 and not w5["ok"]:
+        log("INCOMPLETE W5: see w5.md and w5.json")
+    return 1 if failed or incomplete or problem or (w5 and not w5["ok"]) else 0
 
 
 if __name__ == "__main__":
