@@ -378,9 +378,11 @@ def markdown(results, quick):
            "",
            "Receiver: stock Postfix, TLS %s, level encrypt; sender concurrency per "
            "destination %d.  RT = round trips per delivery: *delays* = the sender's "
-           "delays= c+d / RTT; *relay* = server flights counted at the relay (+1 for "
-           "the TCP connect of a new connection), spaced traffic only.  Latency = "
-           "delay= (arrival to delivery)."
+           "delays= c+d / RTT; *relay* = the server's flights counted at the relay "
+           "(+1 for the TCP connect of a new connection); *relay time* = the "
+           "delivery's time seen from the relay / RTT.  Latency = delay= (arrival "
+           "to delivery).  Stock reuse on has its cache times raised to 30 s; "
+           "patched reuse on runs with the defaults."
            % ("/".join(sorted({p for r in results for p in r["tls_protocols"]})) or "?",
               CONCURRENCY), ""]
     for tr in ("spaced", "burst"):
