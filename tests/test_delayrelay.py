@@ -88,7 +88,7 @@ def test_bytes_intact_and_in_order_both_ways(relay):
     r, echo = relay
     chunks = [os.urandom(1 + (i * 7919) % 30000) for i in range(60)]
     sent = b"".join(chunks)
-    with socket.create_connection((ADDR, r.port)) as s:
+    with socket.create_connection((ADDR, r.port), timeout=20) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for c in chunks:
             s.sendall(c)
@@ -105,7 +105,7 @@ def test_bytes_intact_and_in_order_both_ways(relay):
 
 def test_eof_is_passed_on_and_the_other_direction_still_flows(relay):
     r, echo = relay
-    with socket.create_connection((ADDR, r.port)) as s:
+    with socket.create_connection((ADDR, r.port), timeout=20) as s:
         s.sendall(b"hello")
         s.shutdown(socket.SHUT_WR)          # half-close
         rest = b""
@@ -126,7 +126,7 @@ def test_eof_is_passed_on_and_the_other_direction_still_flows(relay):
 
 def test_reset_is_passed_on(relay):
     r, echo = relay
-    s = socket.create_connection((ADDR, r.port))
+    s = socket.create_connection((ADDR, r.port), timeout=20)
     s.sendall(b"x")
     assert recv_exactly(s, 1) == b"x"
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -163,7 +163,7 @@ def test_each_exchange_costs_a_round_trip(relay):
     late, never early); the trace shows one server flight per exchange."""
     r, echo = relay
     t0 = time.time()
-    with socket.create_connection((ADDR, r.port)) as s:
+    with socket.create_connection((ADDR, r.port), timeout=20) as s:
         s.sendall(b"a")
         assert recv_exactly(s, 1) == b"a"
         t1 = time.time()
