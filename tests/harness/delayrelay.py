@@ -37,6 +37,7 @@ As a program:  delayrelay.py LISTEN_ADDR:PORT TARGET_ADDR:PORT --rtt 0.1
 
 import argparse
 import asyncio
+import signal
 import socket
 import struct
 import threading
@@ -263,6 +264,9 @@ def main():
     args = ap.parse_args()
     relay = DelayRelay(*parse_hostport(args.listen), *parse_hostport(args.target),
                        delay=args.rtt / 2, connect_delay=args.connect_delay)
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
     relay.start()
     print("%s -> %s:%d, one-way delay %.3f s, connect delay %.3f s" % (
         relay.name, relay.target[0], relay.target[1], relay.delay, relay.connect_delay),
