@@ -17,6 +17,8 @@
 #                     of src/tls and src/smtp, core policy pairs (~40 min)
 #   make bench        stock vs patched, reuse off/on (BENCH_ARGS=--quick: ~4 min)
 #   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
+#   make w6           W6: N (W6_ARGS="--n 100,1000,5000") cached TLS connections
+#                     at once, stock vs patched: memory, descriptors, CPU
 #   make deb          Debian packages from Debian's own source package with the
 #                     series added (build/deb/; skipped when inputs unchanged)
 #   make check-deb    make deb, then install them into the system (root, private
@@ -36,11 +38,12 @@ PYTEST_ARGS =
 # caller's network namespace.
 PYTEST_JOBS = 2
 BENCH_ARGS  =
+W6_ARGS     = --n 100,1000,5000
 FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun fuzz deps clean distclean deb check-deb
+.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun w6 fuzz deps clean distclean deb check-deb
 
 all: build
 
@@ -83,6 +86,9 @@ check-deb: deps build-stock
 
 bench: deps build build-stock
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+w6: deps build build-stock
+	$(PYTHON) bench/w6_many.py $(W6_ARGS)
 
 longrun: deps build
 	$(PYTHON) tests/measure_longrun.py $(LONGRUN_ARGS)

@@ -34,6 +34,9 @@ Workloads (full / --quick message counts):
     W3 large    200 / 20 messages of 1 MB to 4 domains on 2 addresses
     W4 spread   500 / 50 messages of ~10 KB to as many domains, each on its
                 own receiver address (nothing can be shared)
+    W6 many     only when named in --workloads: bench/w6_many.py, N = 100,
+                1000 (--quick: 100) cached TLS connections at once, stock
+                and patched reuse on; its tables go to <results>/w6/
 
 A full bench runs W1 once and W2-W4 three times per configuration and shows
 the median; --quick runs each once; --repeat N sets the runs for all.
@@ -1084,7 +1087,8 @@ def main():
     if args.repeat is not None and args.repeat < 1:
         sys.exit("--repeat must be at least 1")
     wls = [wl for wl in workloads(args.quick, args.repeat) if wl.key in wanted]
-    if not wls and "W5" not in wanted:
+    w6 = "W6" in wanted
+    if not wls and "W5" not in wanted and not w6:
         sys.exit("no workload selected")
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -1123,6 +1127,12 @@ def main():
         import w5_wan
         w5 = w5_wan.run(args.quick, outdir, log)
         failed += w5["failed"]
+    if w6:
+        r = subprocess.run([PYTHON, os.path.join(HERE, "w6_many.py"), "--n",
+                            "100" if args.quick else "100,1000",
+                            "--out", os.path.join(outdir, "w6")])
+        if r.returncode:
+            failed.append("W6: bench/w6_many.py exit status %d" % r.returncode)
     info["bench_seconds"] = time.time() - started
     info["loadavg_end"] = os.getloadavg()
     info["mode"] = "quick" if args.quick else "full"
