@@ -47,6 +47,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import smtplib
 import subprocess
 import sys
@@ -58,77 +59,15 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 sys.path.insert(0, HERE)
 
-from harness.proc import stop_process         # noqa: E402
+from harness.many import ManyReceiver, address  # noqa: E402
 from harness.world import World               # noqa: E402
 import bench                                   # noqa: E402
 
 PYTHON = "/usr/bin/python3"
-MANYRECEIVER = os.path.join(TOP, "tests", "harness", "manyreceiver.py")
 BASELINE = 10
 CACHE_TIME = 1800
-
-
-def address(i, net=1):
-    """The i-th receiver address: 127.<net + i // 250>.<i % 250 + 1>.x."""
-    return "127.%d.%d.%d" % (net + i // 62500, (i // 250) % 250 + 1, i % 250 + 1)
-
-
-# -- receiver -----------------------------------------------------------------
-
-class ManyReceiver:
-    def __init__(self, w, name="many"):
-        self.name = name
-        self.base = os.path.join(w.dir, name)
-        os.makedirs(self.base, exist_ok=True)
-        self.events = os.path.join(self.base, "events.jsonl")
-        self.logfile = os.path.join(self.base, "manyreceiver.log")
-        self.cert = w.cert("mx-many")
-        self.proc = None
-        self.pos = 0
-        self.evs = []
-
-    def start(self):
-        log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(
-            [PYTHON, MANYRECEIVER, "--listen", "0.0.0.0:25", "--chain", self.cert.chain,
-             "--events", self.events], stdout=log, stderr=log, start_new_session=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if any(e["ev"] == "ready" for e in self.read()):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError("manyreceiver did not start:\n" + self.log_tail())
-
-    def stop(self):
-        stop_process(self.proc)
-        self.proc = None
-
-    def read(self):
-        """All events so far (read incrementally)."""
-        try:
-            with open(self.events) as f:
-                f.seek(self.pos)
-                data = f.read()
-        except FileNotFoundError:
-            return self.evs
-        end = data.rfind("\n") + 1
-        self.pos += len(data[:end].encode())
-        self.evs.extend(json.loads(x) for x in data[:end].splitlines() if x.strip())
-        return self.evs
-
-    def open_connections(self):
-        ev = self.read()
-        return (sum(1 for e in ev if e["ev"] == "connect")
-                - sum(1 for e in ev if e["ev"] == "close"))
-
-    def log_tail(self):
-        try:
-            with open(self.logfile, errors="replace") as f:
-                return f.read()[-3000:]
-        except FileNotFoundError:
-            return ""
+WRAP = os.environ.get("W6_WRAP")      # "daemon:shell lines;..." run before daemons
+PAUSE = int(os.environ.get("W6_PAUSE", "0"))    # seconds to wait after round 1
 
 
 # -- injection --------------------------------------------------------------
@@ -320,6 +259,14 @@ def run_one(n, flavour, log, extra_main=None):
         main.update(extra_main or {})
         snd = w.sender(routes, reuse=True, level="encrypt", flavour=flavour, tuned=False,
                        tlsproxy=True if flavour == "stock" else None, **main)
+        if WRAP:
+            # Run daemons through wrappers: W6_WRAP="scache:ulimit -n 600;
+            # tlsproxy:export GLIBC_TUNABLES=..." (diagnostics, limits).
+            wraps = {}
+            for item in WRAP.split(";"):
+                prog, _, body = item.strip().partition(":")
+                wraps[prog] = body + '\n%s "$REAL" "$@"' % os.environ.get("W6_EXEC", "exec")
+            snd.wrap_daemons(wraps)
         m_snd = bench.Metered(snd)
         w.things.append(m_snd)
         rcv.start()
@@ -351,6 +298,10 @@ def run_one(n, flavour, log, extra_main=None):
         res["open_after_round1"] = wait_idle(rcv, BASELINE + n)
         res["after_round1"] = snapshot(snd)
         mark1 = len(rcv.read())
+        if PAUSE:
+            log("pausing %ds: tlsproxy %s scache %s" % (PAUSE, snd.children("tlsproxy"),
+                                                       snd.children("scache")))
+            time.sleep(PAUSE)
         log("%s N=%d round 1: %.0f s, %d connections open at the receiver"
             % (flavour, n, res["round1_seconds"], res["open_after_round1"]))
 
@@ -423,20 +374,25 @@ def figures(r):
         "conns_per_process": "%.0f (max %d)" % (tp1["tcp"] / max(1, tp1["processes"]),
                                                 max([p[0] for p in tp1["per_process"]] or [0])),
         "tlsproxy_kb_per_conn": (tp1["rss_kb"] - b["tlsproxy"]["rss_kb"]) / n,
+        "tlsproxy_kb_per_conn_proc": (tp1["rss_kb"] - b["tlsproxy"]["rss_kb"]
+                                      - (tp1["processes"] - b["tlsproxy"]["processes"])
+                                      * b["tlsproxy"]["rss_kb"]
+                                      / max(1, b["tlsproxy"]["processes"])) / n,
         "tlsproxy_kb_per_conn_r2": (a2["tlsproxy"]["rss_kb"] - b["tlsproxy"]["rss_kb"]) / n,
         "scache_kb_per_conn": (sc1["rss_kb"] - b["scache"]["rss_kb"]) / n,
         "tlsproxy_fds": "%d / %s" % (tp1["max_fds"], tp1["fd_limit"]),
         "scache_fds": "%d / %s" % (sc1["max_fds"], sc1["fd_limit"]),
         "cpu_ms_per_msg_r2": 1000.0 * r["cpu_round2_s"] / n,
-        "cpu_split_r2": "/".join("%.2f" % (1000.0 * r["cpu_round2_by_program"].get(p, 0) / n)
-                                 for p in ("smtp", "tlsproxy", "scache")),
+        "cpu_split_r2": "/".join("%.2f" % (1000.0 * sum(
+            r["cpu_round2_by_program"].get(p, 0) for p in ps) / n)
+            for ps in (("smtp", "exited"), ("tlsproxy",), ("scache",))),
         "handshakes_r2": r["round2_handshakes"],
         "connections_r2": r["round2_connections"],
         "cached_after_r1": r["open_after_round1"] - BASELINE,
         "delivered": "%d/%d" % (r["messages_expected"] - r["missing"], r["messages_expected"]),
         "dup_missing_wrong": "%d/%d/%d" % (r["duplicates"], r["missing"], r["wrong_address"]),
         "errors": "%d/%d" % (len(r["fatal_panic"]), len(r["deaths"])),
-        "warnings": sum(c for _, c in r["warnings"]),
+        "warnings": sum(c for w, c in r["warnings"] if "TLS server role is disabled" not in w),
     }
 
 
@@ -444,24 +400,30 @@ COLUMNS = [
     ("tlsproxy_processes", "tlsproxy procs"),
     ("conns_per_process", "conns/proc"),
     ("tlsproxy_kb_per_conn", "tlsproxy KB/idle conn"),
+    ("tlsproxy_kb_per_conn_proc", "same, new processes' baseline RSS excluded"),
     ("tlsproxy_kb_per_conn_r2", "tlsproxy KB/conn after r2"),
     ("scache_kb_per_conn", "scache KB/conn"),
     ("tlsproxy_fds", "tlsproxy fds (max proc) / limit"),
     ("scache_fds", "scache fds / limit"),
     ("cpu_ms_per_msg_r2", "sender CPU ms/msg r2"),
-    ("cpu_split_r2", "smtp/tlsproxy/scache ms/msg r2"),
+    ("cpu_split_r2", "smtp+exited/tlsproxy/scache ms/msg r2"),
     ("handshakes_r2", "handshakes r2"),
     ("connections_r2", "new conns r2"),
     ("cached_after_r1", "cached after r1"),
     ("delivered", "delivered"),
     ("dup_missing_wrong", "dup/missing/wrong addr"),
     ("errors", "fatal+panic/deaths"),
-    ("warnings", "warnings"),
+    ("warnings", "warnings (other than tlsproxy's server role)"),
 ]
 
 
 def fmt(v):
     return "%.1f" % v if isinstance(v, float) else str(v)
+
+
+def rerender(path):
+    with open(os.path.join(path, "results.json")) as f:
+        print(markdown(json.load(f)["results"]))
 
 
 def markdown(results):
@@ -488,7 +450,12 @@ def main():
                          "inherited)")
     ap.add_argument("--main", action="append", default=[], metavar="NAME=VALUE",
                     help="extra main.cf setting for the sender (repeatable)")
+    ap.add_argument("--rerender", metavar="DIR", help="only print DIR's table again")
     args = ap.parse_args()
+    # Unwind on SIGTERM as on Ctrl-C, so that every World stops what it started.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+    if args.rerender:
+        return rerender(args.rerender)
     if not in_netns():
         env = dict(os.environ, W6_NETNS="1")
         os.execvpe("unshare", ["unshare", "-n", "sh", "-c",

@@ -2,11 +2,12 @@
 
 Run as a program (Debian's /usr/bin/python3), inside a private network
 namespace where all of 127.0.0.0/8 is local:
-    manyreceiver.py --listen 0.0.0.0:25 --chain server.chain.pem \
-        --events FILE [--nofile 65536]
+    manyreceiver.py (--listen 0.0.0.0:25 | --addresses FILE [--port 25]) \
+        --chain server.chain.pem --events FILE [--nofile 65536]
 
 It listens once on the wildcard address (in a private network namespace
-that takes connections to every 127.x.y.z), offers STARTTLS with the given
+that takes connections to every 127.x.y.z), or on port 25 of every
+address that FILE lists (one a line), offers STARTTLS with the given
 key+certificate chain, and appends one JSON line per event to FILE, each
 with the local address the client connected to:
     {"ev": "ready"}
@@ -79,6 +80,8 @@ class ManySMTP(SMTP):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", default="0.0.0.0:25")
+    ap.add_argument("--addresses", help="file: one address to listen on a line")
+    ap.add_argument("--port", type=int, default=25)
     ap.add_argument("--chain", required=True)
     ap.add_argument("--events", required=True)
     ap.add_argument("--hostname", default="many.test")
@@ -95,22 +98,29 @@ def main():
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(args.chain)
     rec = Recorder(args.events)
-    host, port = args.listen.rsplit(":", 1)
+    if args.addresses:
+        with open(args.addresses) as f:
+            listen = [(a.strip(), args.port) for a in f if a.strip()]
+    else:
+        host, port = args.listen.rsplit(":", 1)
+        listen = [(host, int(port))]
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(loop.create_server(
+    servers = [loop.run_until_complete(loop.create_server(
         lambda: ManySMTP(rec, hostname=args.hostname, tls_context=ctx,
                          require_starttls=False, data_size_limit=64 << 20,
                          decode_data=False, timeout=3600, loop=loop),
-        host=host, port=int(port), reuse_address=True, backlog=4096))
+        host=host, port=port, reuse_address=True, backlog=1024))
+        for host, port in listen]
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
     rec.emit(ev="ready")
     try:
         loop.run_forever()
     finally:
-        server.close()
+        for server in servers:
+            server.close()
 
 
 if __name__ == "__main__":
