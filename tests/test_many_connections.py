@@ -187,7 +187,7 @@ def test_all_cached(world):
 
 def test_descriptor_limits(world):
     """scache: 300 descriptors, room for 184 cached connections (300 minus
-    default_process_limit = 100 for its clients, minus 16 of its own);
+    16 of its own, minus default_process_limit = 100 for its clients);
     tlsproxy: 180 (52 above the 128 reserved for libraries, room for about
     26 connections a process)."""
     limit = 'ulimit -n %d\nexec "$REAL" "$@"'
