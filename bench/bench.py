@@ -1059,7 +1059,7 @@ def main():
                     help="small message counts (CI, about 4 minutes)")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC time>)")
     ap.add_argument("--workloads", default="W1,W2,W3,W4,W5",
-                    help="comma-separated subset of W1,W2,W3,W4,W5 (W5: w5_wan.py)")
+                    help="comma-separated subset of W1,W2,W3,W4,W5,W6 (W5: w5_wan.py; W6: w6_many.py, not in the default set: make w6)")
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="runs per configuration for every workload (default: "
                          "W1 once, W2-W4 three times; --quick: once)")
