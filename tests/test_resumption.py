@@ -25,6 +25,7 @@ deferred as unverified instead of riding the old session.
 """
 
 import os
+import re
 import subprocess
 import time
 
@@ -183,3 +184,85 @@ def test_resumption_never_bypasses_new_match_names(world, flavour, reuse):
     # session, each fails verification.
     assert len(deferred) == 3, s.log_tail()
     assert len(s.grep(r"status=sent")) == 1
+
+
+# -- many domains on one MX host (nexthop = domain) ------------------------
+
+MX_ADDRESS = "127.0.1.130"
+
+
+def mx_world(world, n, cert_names=None, **main):
+    """n domains m01..mNN.plain.test with one MX host, mx.plain.test, a
+    Postfix receiver whose certificate names cert_names (default: the MX
+    host and every domain); the sender routes by MX (nexthop = domain)."""
+    from harness.dns import UNSIGNED, dns_world
+    dns = dns_world(world)
+    mx = "mx." + UNSIGNED
+    domains = ["m%02d.%s" % (i, UNSIGNED) for i in range(1, n + 1)]
+    r = world.postfix_receiver("mx", [MX_ADDRESS], cert=world.cert(
+        "mx-shared", cert_names or [mx] + domains))
+    dns.host(mx, MX_ADDRESS)
+    for d in domains:
+        dns.mx(d, mx)
+    s = world.sender({d: d for d in domains}, reuse=True, tuned=False,
+                     smtp_connection_cache_time_limit="1s",
+                     smtp_tls_connection_cache_time_limit="1s",
+                     smtp_tls_session_cache_database=SESSION_CACHE, **main)
+    dns.attach(s)
+    return r, s, mx, domains
+
+
+@pytest.mark.parametrize("policy", ["encrypt", "secure-fixed-names"])
+def test_domains_on_one_mx_resume_each_others_sessions(world, policy):
+    """Six domains, one MX host, two rounds of one message per domain, each
+    over a new connection: all but the first resume.  Keyed by nexthop (as
+    upstream), each domain's first connection was a full handshake (6 of
+    12)."""
+    kw = {"level": "encrypt"}
+    if policy == "secure-fixed-names":
+        kw = {"level": "secure", "smtp_tls_secure_cert_match": "mx.plain.test"}
+    r, s, mx, domains = mx_world(world, 6, **kw)
+    world.start()
+    ids = []
+    for rnd in range(2):
+        for d in domains:
+            if ids:
+                time.sleep(SPACING)
+            ids += world.send(s, "user%d@%s" % (rnd, d))
+    n = len(ids)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30, "%d deliveries logged" % n)
+    c = r.counts()
+    print("%s: %d connections, %d handshakes, %d resumed"
+          % (policy, c.connections, c.handshakes, c.resumed))
+    assert sorted(r.accepted_ids()) == sorted(ids)
+    assert (c.connections, c.handshakes, c.plaintext_messages) == (n, n, 0), c
+    assert c.resumed >= 0.9 * (n - 1), c
+    if policy.startswith("secure"):
+        assert len(s.grep(r"^Verified TLS connection established to %s" % mx,
+                          ident="smtp")) == n
+
+
+def test_session_verified_for_one_domain_is_not_resumed_for_another(world):
+    """Level secure, default match strategy (nexthop, dot-nexthop): the MX
+    host's certificate names m01 but not m02.  m01's verified session with
+    that host must not be resumed for m02 (which would then count as
+    verified): m02 is deferred, every time."""
+    from harness.dns import UNSIGNED
+    r, s, mx, domains = mx_world(
+        world, 2, cert_names=["mx." + UNSIGNED, "m01." + UNSIGNED], level="secure",
+        default_destination_concurrency_failed_cohort_limit="100")
+    world.start()
+    first = world.send(s, "user@" + domains[0])
+    wait_for(lambda: r.counts().messages >= 1, 60, "m01's message")
+    for i in range(3):
+        time.sleep(SPACING)
+        world.send(s, "user%d@%s" % (i, domains[1]))
+    wait_for(lambda: len(s.grep(r"status=deferred")) >= 3, 60, "3 m02 attempts")
+    time.sleep(1)
+    c = r.counts()
+    print(c)
+    assert r.accepted_ids() == first
+    assert len(s.grep(r"to=<[^>]*@m02\.%s>.*status=deferred \(Server certificate "
+                      r"not verified\)" % re.escape(UNSIGNED))) == 3
+    assert not s.grep(r"to=<[^>]*@m02\..*status=sent")
