@@ -3,7 +3,7 @@
 
     /usr/bin/python3 bench/resumption.py [--quick] [--out DIR]
                      [--configs stock-off,stock-on,patched-on]
-                     [--receivers tls13,tls12] [--workloads R1,R2]
+                     [--receivers tls13,tls12] [--workloads R1,R2,R3]
 
 Connection reuse saves the handshake only while a connection is cached; the
 connections that must be new can still resume an earlier TLS session when the
@@ -34,13 +34,18 @@ Workloads (full / --quick):
                 needs a new connection
     R2 burst    120 / 40 messages to 12 domains on 3 addresses, injected back
                 to back: deliveries in parallel need parallel connections
+    R3 MX gaps  8 messages, round robin to 4 domains whose MX records name
+                one host (real DNS, tests/harness/dns.py), 9 s apart: the
+                nexthop is the domain, as on the Internet
 
 Counted at the receiver: TCP connections, TLS handshakes and how many of them
 resumed a session (smtpd's "Reusing old session").  "resumable" is handshakes
 minus the number of receiver addresses that got any: the first handshake to
-an address cannot resume (the sender's session cache is keyed by, among
-others, nexthop and server address; the workloads route every domain to an
-[address] nexthop, so one nexthop per address).  In a burst, connections
+an address cannot resume.  R1 and R2 route every domain to an [address]
+nexthop, one nexthop per address.  In R3 the nexthop is the domain: stock
+keys its session cache by nexthop, so there each domain's first connection
+is a full handshake; the series keys it by server and complete TLS policy,
+so domains with equivalent policies share sessions.  In a burst, connections
 that start before the first handshake to their address has finished cannot
 resume either, so R2 can stay below 100 % for a reason that is not a fault.
 The sender logs at smtp_tls_loglevel = 2 (tlsproxy(8) follows it), and
@@ -97,11 +102,17 @@ def workloads(quick):
         "R2": {"title": "burst", "messages": 40 if quick else 120, "domains": 12,
                "addresses": ["127.0.6.11", "127.0.6.12", "127.0.6.13"],
                "spacing": 0},
+        "R3": {"title": "MX gaps", "messages": 8, "domains": 4,
+               "addresses": ["127.0.6.21"], "spacing": 9, "mx": True},
     }
 
 
 def routes(wl):
     a = wl["addresses"]
+    if wl.get("mx"):
+        from harness.dns import UNSIGNED
+        return {"r%02d.%s" % (i, UNSIGNED): "r%02d.%s" % (i, UNSIGNED)
+                for i in range(wl["domains"])}
     return {"r%02d.test" % i: "[%s]:25" % a[i % len(a)] for i in range(wl["domains"])}
 
 
@@ -137,10 +148,19 @@ def run_one(key, wl, config, receiver, log=print):
     with World(name, flavour=flavour) as w:
         r = w.postfix_receiver("mx", wl["addresses"], **RECEIVERS[receiver])
         rt = routes(wl)
+        if wl.get("mx"):
+            from harness.dns import UNSIGNED, dns_world
+            dns = dns_world(w)
+            mx = "mx." + UNSIGNED
+            dns.host(mx, wl["addresses"][0])
+            for d in rt:
+                dns.mx(d, mx)
         s = w.sender(rt, reuse=reuse, flavour=flavour, tuned=False,
                      tlsproxy=True if flavour == "stock" else None,
                      smtp_tls_CAfile="", smtp_tls_loglevel="2",
                      smtp_tls_session_cache_database=SESSION_CACHE)
+        if wl.get("mx"):
+            dns.attach(s)
         w.start()
         domains = sorted(rt)
         n = wl["messages"]
@@ -178,11 +198,12 @@ def run_one(key, wl, config, receiver, log=print):
 
 
 def run(quick=False, configs=None, receivers=None, keys=None, log=print):
-    """Run the resumption workloads; returns one dict per run."""
+    """Run the resumption workloads; returns one dict per run.  R3 runs
+    with the first receiver only."""
     wls = workloads(quick)
     rows = []
     for key in keys or sorted(wls):
-        for receiver in receivers or DEFAULT_RECEIVERS:
+        for receiver in (receivers or DEFAULT_RECEIVERS)[:1 if key == "R3" else None]:
             for config in configs or DEFAULT_CONFIGS:
                 rows.append(run_one(key, wls[key], config, receiver, log))
     return rows
@@ -212,7 +233,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     ap.add_argument("--receivers", default=",".join(DEFAULT_RECEIVERS))
-    ap.add_argument("--workloads", default="R1,R2")
+    ap.add_argument("--workloads", default="R1,R2,R3")
     a = ap.parse_args()
     configs = a.configs.split(",")
     receivers = a.receivers.split(",")
