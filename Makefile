@@ -19,6 +19,9 @@
 #   make longrun      10 min, 20000 messages: tlsproxy RSS and descriptors flat
 #   make w6           W6: N (W6_ARGS="--n 100,1000,5000") cached TLS connections
 #                     at once, stock vs patched: memory, descriptors, CPU
+#   make resumption   TLS session resumption of new connections (client session
+#                     cache): resumed vs full handshakes at the receiver, stock
+#                     reuse off/on vs patched (~15 min; RESUMPTION_ARGS=--quick)
 #   make deb          Debian packages from Debian's own source package with the
 #                     series added (build/deb/; skipped when inputs unchanged)
 #   make check-deb    make deb, then install them into the system (root, private
@@ -43,7 +46,7 @@ FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun w6 fuzz deps clean distclean deb check-deb
+.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb
 
 all: build
 
@@ -89,6 +92,9 @@ bench: deps build build-stock
 
 w6: deps build build-stock
 	$(PYTHON) bench/w6_many.py $(W6_ARGS)
+
+resumption: deps build build-stock
+	$(PYTHON) bench/resumption.py $(RESUMPTION_ARGS)
 
 longrun: deps build
 	$(PYTHON) tests/measure_longrun.py $(LONGRUN_ARGS)
