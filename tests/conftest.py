@@ -42,9 +42,13 @@ def pytest_configure(config):
 def world(request):
     """A World named after the test; everything it started is stopped after."""
     from harness.world import World
-    if not installed("patched"):
-        pytest.fail("build/inst/patched missing: run 'make build' (make check does)")
+    # PFX_FLAVOUR=<build> runs the tests against another build of the series
+    # (scripts/build NAME=REV), for example to show that a test fails
+    # without a fix.
+    flavour = os.environ.get("PFX_FLAVOUR", "patched")
+    if not installed(flavour):
+        pytest.fail("build/inst/%s missing: run 'make build' (make check does)" % flavour)
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "_")
-    w = World(name)
+    w = World(name, flavour=flavour)
     yield w
     w.stop()

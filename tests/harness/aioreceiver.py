@@ -11,7 +11,21 @@ appends one JSON line per event to FILE:
     {"ev": "connect", "conn": n}
     {"ev": "tls", "conn": n, "version": ..., "cipher": ..., "resumed": bool}
     {"ev": "message", "conn": n, "tls": bool, "file": ..., "size": ...}
+    {"ev": "rset", "conn": n, "reply": ...}
 SIGTERM stops it.
+
+Quirks of real servers, for tests:
+    --reject-rcpt LOCALPART  RCPT TO for that local part gets 550
+    --rset-reply "502 ..."   RSET gets this reply and does NOT reset the
+                             mail transaction (as some appliances and minimal
+                             servers do): a later MAIL gets "503 nested MAIL"
+    --mail-reply "550 ..."   MAIL FROM gets this reply, but the sender is
+                             recorded anyway (a broken server): RCPT and DATA
+                             are accepted
+    --data-extra "421 ..."   the reply to end of data is followed, in the
+                             same write, by this unsolicited line
+    --pipelining             announce PIPELINING (aiosmtpd reads commands
+                             one line at a time, so pipelined input works)
 """
 
 import argparse
@@ -22,16 +36,21 @@ import os
 import signal
 import ssl
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 counter = itertools.count(1)
 
 
 class Recorder:
-    def __init__(self, store, events):
+    def __init__(self, store, events, reject_rcpt=None, mail_reply=None,
+                 data_extra=None):
         self.store = store
         self.events = open(events, "a", buffering=1)
         self.seq = itertools.count(1)
+        self.reject_rcpt = reject_rcpt
+        self.mail_reply = mail_reply
+        self.data_extra = data_extra
 
     def emit(self, **ev):
         self.events.write(json.dumps(ev) + "\n")
@@ -45,6 +64,17 @@ class Recorder:
                   resumed=bool(sslobj and sslobj.session_reused))
         return True
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return self.mail_reply or "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.reject_rcpt and address.split("@")[0] == self.reject_rcpt:
+            return "550 5.1.1 <%s>: Recipient address rejected" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
     async def handle_DATA(self, server, session, envelope):
         path = os.path.join(self.store, "%06d.eml" % next(self.seq))
         with open(path + ".tmp", "wb") as f:
@@ -53,15 +83,42 @@ class Recorder:
         self.emit(ev="message", conn=server.conn_id, tls=server._tls_protocol is not None,
                   file=path, size=len(envelope.original_content),
                   mail_from=envelope.mail_from, rcpt=envelope.rcpt_tos)
+        if self.data_extra:
+            return "250 2.0.0 Ok: stored\r\n" + self.data_extra
         return "250 2.0.0 Ok: stored"
 
 
-class CountingSMTP(SMTP):
+class PipeliningRecorder(Recorder):
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", responses[-1]]
+
+
+class Counting:
+    rset_reply = None
+
     def connection_made(self, transport):
         if self._original_transport is None:
             self.conn_id = next(counter)
             self.event_handler.emit(ev="connect", conn=self.conn_id)
         super().connection_made(transport)
+
+    async def smtp_RSET(self, arg):
+        if self.rset_reply is None:
+            self.event_handler.emit(ev="rset", conn=self.conn_id, reply="250")
+            return await super().smtp_RSET(arg)
+        # A server that rejects RSET and keeps the mail transaction.
+        self.event_handler.emit(ev="rset", conn=self.conn_id,
+                                reply=self.rset_reply)
+        await self.push(self.rset_reply)
+
+
+class CountingSMTP(Counting, SMTP):
+    pass
+
+
+class CountingLMTP(Counting, LMTP):
+    pass
 
 
 def tls_version(name):
@@ -78,22 +135,31 @@ def main():
     ap.add_argument("--hostname", default="aiosmtpd.test")
     ap.add_argument("--min-tls", default="TLSv1.2")
     ap.add_argument("--max-tls", default="TLSv1.3")
+    ap.add_argument("--reject-rcpt", default=None)
+    ap.add_argument("--rset-reply", default=None)
+    ap.add_argument("--mail-reply", default=None)
+    ap.add_argument("--data-extra", default=None)
+    ap.add_argument("--lmtp", action="store_true")
+    ap.add_argument("--pipelining", action="store_true")
     args = ap.parse_args()
+    Counting.rset_reply = args.rset_reply
+    proto = CountingLMTP if args.lmtp else CountingSMTP
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(args.chain)
     ctx.minimum_version = tls_version(args.min_tls)
     ctx.maximum_version = tls_version(args.max_tls)
     os.makedirs(args.store, exist_ok=True)
-    rec = Recorder(args.store, args.events)
+    rec = (PipeliningRecorder if args.pipelining else Recorder)(args.store, args.events, args.reject_rcpt, args.mail_reply,
+                   args.data_extra)
     host, port = args.listen.rsplit(":", 1)
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(loop.create_server(
-        lambda: CountingSMTP(rec, hostname=args.hostname, tls_context=ctx,
-                             require_starttls=False, data_size_limit=64 << 20,
-                             decode_data=False, loop=loop),
+        lambda: proto(rec, hostname=args.hostname, tls_context=ctx,
+                      require_starttls=False, data_size_limit=64 << 20,
+                      decode_data=False, loop=loop),
         host=host, port=int(port), reuse_address=True))
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)

@@ -21,9 +21,14 @@ the next k connections only).  close_all() and reset_all() end every open
 connection now (as a server that closes idle connections, or crashes).
 arm(action) makes every open connection end as soon as the client sends
 its next bytes, which are dropped: action "close" or "reset", or "421",
-which first answers with a 421 reply, as a server that is shutting down
-(meaningful for plaintext connections only).  This is the race in which a
-server closes a cached connection just after the client checked it.
+which first answers with a 421 reply, as a server that is shutting down,
+or "451", which first answers "451 4.7.0 Timeout waiting for client input"
+as Exchange does at its idle timeout (421 and 451 are meaningful for
+plaintext connections only).  This is the race in which a server closes a
+cached connection just after the client checked it.  Action "mute" drops
+the client's next bytes and everything after, answers nothing and keeps
+the connection open: a server that hangs, or a NAT or firewall that
+dropped the flow without a reset.
 Counts: connections, and per connection bytes up/down and how it ended.
 """
 
@@ -103,10 +108,14 @@ class Conn:
     def _client_bytes(self, data, f):
         if self.armed:
             self.dropped += len(data)
-            if self.armed == "421":
+            if self.armed == "mute":
+                return
+            reply = {"421": b"421 4.3.2 Service shutting down, "
+                            b"closing transmission channel\r\n",
+                     "451": b"451 4.7.0 Timeout waiting for client input\r\n"}
+            if self.armed in reply:
                 try:
-                    self.client.sendall(b"421 4.3.2 Service shutting down, "
-                                        b"closing transmission channel\r\n")
+                    self.client.sendall(reply[self.armed])
                 except OSError:
                     pass
             self._kill("reset" if self.armed == "reset" else "closed")
@@ -208,7 +217,7 @@ class FaultProxy:
 
     def arm(self, action):
         """End every open connection at the client's next bytes."""
-        assert action in ("close", "reset", "421")
+        assert action in ("close", "reset", "421", "451", "mute")
         for c in self.open_conns():
             c.armed = action
 

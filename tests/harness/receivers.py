@@ -208,7 +208,8 @@ class PostfixReceiver(Postfix):
 
 class AioReceiver:
     def __init__(self, name, base, address, cert, port=25, min_tls="TLSv1.2",
-                 max_tls="TLSv1.3"):
+                 max_tls="TLSv1.3", reject_rcpt=None, rset_reply=None,
+                 mail_reply=None, data_extra=None, lmtp=False, pipelining=False):
         self.name = name
         self.base = base
         self.address = address
@@ -221,6 +222,18 @@ class AioReceiver:
                      "--listen", "%s:%d" % (address, port), "--chain", cert.chain,
                      "--store", self.store, "--events", self.events,
                      "--min-tls", min_tls, "--max-tls", max_tls]
+        if reject_rcpt:
+            self.args += ["--reject-rcpt", reject_rcpt]
+        if rset_reply:
+            self.args += ["--rset-reply", rset_reply]
+        if mail_reply:
+            self.args += ["--mail-reply", mail_reply]
+        if data_extra:
+            self.args += ["--data-extra", data_extra]
+        if lmtp:
+            self.args += ["--lmtp"]
+        if pipelining:
+            self.args += ["--pipelining"]
         self.proc = None
         os.makedirs(base, exist_ok=True)
 
@@ -262,6 +275,13 @@ class AioReceiver:
                 c.messages += 1
                 c.plaintext_messages += not e["tls"]
         return c
+
+    def rsets(self):
+        """The replies that this receiver gave to RSET, in order."""
+        return [e["reply"] for e in self._events() if e["ev"] == "rset"]
+
+    def message_events(self):
+        return [e for e in self._events() if e["ev"] == "message"]
 
     def messages(self):
         out = []
