@@ -62,13 +62,19 @@ def smtpd_commands(r):
     return out
 
 
-@pytest.mark.parametrize("flavour", ["patched", "stock"])
+@pytest.mark.parametrize("flavour", ["patched", "stock", "probe"])
 def test_reused_delivery_sends_no_rset(world, flavour):
     """Four spaced messages over one cached TLS connection.  Stock sends
     an RSET probe before each reuse (rset=3 at the receiver); the series
-    sends none: MAIL, RCPT and DATA are the whole of a reused delivery."""
+    sends none: MAIL, RCPT and DATA are the whole of a reused delivery.
+    With smtp_connection_reuse_rset_probe = yes ("probe") the series sends
+    the probe as stock does."""
     r = world.postfix_receiver("r1", [RECV])
-    s = world.sender({"f.test": "[%s]:25" % RECV}, reuse=True, flavour=flavour)
+    if flavour == "probe":
+        s = world.sender({"f.test": "[%s]:25" % RECV}, reuse=True,
+                         smtp_connection_reuse_rset_probe="yes")
+    else:
+        s = world.sender({"f.test": "[%s]:25" % RECV}, reuse=True, flavour=flavour)
     world.start()
     ids = world.send(s, "user@f.test", n=4, spacing=3)
     wait_for(lambda: len(r.accepted_ids()) == 4, 60, "4 messages")
@@ -78,7 +84,7 @@ def test_reused_delivery_sends_no_rset(world, flavour):
     assert (c.connections, c.handshakes, c.messages, c.plaintext_messages) == (1, 1, 4, 0)
     [cmds] = smtpd_commands(r)
     assert (cmds["mail"], cmds["rcpt"], cmds["data"]) == (4, 4, 4)
-    if flavour == "stock":
+    if flavour in ("stock", "probe"):
         assert cmds.get("rset") == 3, cmds
     else:
         assert "rset" not in cmds, cmds
