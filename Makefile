@@ -12,6 +12,9 @@
 #   make build-stock  the same for pristine upstream, under build/inst/stock
 #   make build-units  the patched tree again with PCRE and ICU, for upstream's
 #                     unit tests only (build/obj/units, not installed)
+#   make build-tlsrpt the patched tree again with TLSRPT support, linked with
+#                     the stub library tests/stubs/tlsrpt (build/inst/tlsrpt,
+#                     for tests/test_tlsrpt.py)
 #   make unit         upstream's own unit tests only
 #   make check-series build and install each prefix of the series: unit tests
 #                     of src/tls and src/smtp, core policy pairs (~40 min)
@@ -46,7 +49,7 @@ FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock build-units check check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb
+.PHONY: all fetch tree export build build-stock build-units build-tlsrpt check check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb
 
 all: build
 
@@ -71,7 +74,10 @@ build-stock:
 build-units:
 	scripts/build units
 
-check: deps build build-stock build-units
+build-tlsrpt:
+	scripts/build tlsrpt
+
+check: deps build build-stock build-units build-tlsrpt
 	cd tests && $(PYTHON) -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 	scripts/check-deb
 
