@@ -139,6 +139,16 @@ class PostfixReceiver(Postfix):
             total += per[a]
         return total
 
+    def wait_messages(self, n, timeout=30):
+        """Wait until n messages count as accepted (see counts()), and
+        return the counts.  A sender logs "status=sent" as soon as it has
+        the 250 reply; qmgr's line that counts the message here may come
+        later, the more so on a loaded machine."""
+        from .world import wait_for
+        wait_for(lambda: self.counts().messages >= n, timeout,
+                 "%d message(s) counted at %s" % (n, self.name))
+        return self.counts()
+
     def connections(self):
         """The smtpd connections, in order: one dict per "connect from"
         with its smtpd pid, the index of that log record (a pid serves one
