@@ -410,7 +410,7 @@ def _upgrade_and_downgrade(sp, world, debs, old, info):
     sp.postfix("upgrade-configuration")
     master_upgraded = sp.read("/etc/postfix/master.cf")
     info["master.cf lines added by upgrade-configuration"] = sorted(
-        set(master_upgraded.splitlines()) - set(master_before.splitlines()))
+        set(master_upgraded.splitlines()) - set(master_after.splitlines()))
     tlsproxy = sp.postconf("-M", "tlsproxy/unix").strip()
     info["tlsproxy after the upgrade"] = tlsproxy or "(commented out)"
     assert tlsproxy, "tlsproxy not enabled by the upgrade"
@@ -476,7 +476,7 @@ def _repack(cs, deb, version, name):
     """A copy of deb with another version, made in the system with
     dpkg-deb: a stand-in for a package that does not exist yet."""
     src = cs.copy_in([deb])[0]
-    d = "/root/repack-" + name
+    d = "/root/repack-%s-%s" % (name, version)
     cs.run(["dpkg-deb", "-R", src, d])
     control = cs.path(d + "/DEBIAN/control")
     with open(control) as f:
@@ -565,9 +565,16 @@ def test_recommended_update_path():
                                              "install", rebuild], check=False)
             assert r.returncode == 0, r.stdout + r.stderr
             assert sp.version() == nxt + "+tlsreuse1", sp.version()
+            # Installing a new version clears the hold: the README says to
+            # hold again.
             held = cs.run(["apt-mark", "showhold"]).stdout.split()
-            info["after the rebuild's install, held"] = held
-            assert held == ["postfix"], held
+            info["held after installing the rebuild"] = held or "nothing (hold again)"
+            cs.run(["apt-mark", "hold", "postfix"])
+            assert cs.run(["apt-mark", "showhold"]).stdout.split() == ["postfix"]
+            sim = cs.run(["apt-get"] + opts + ["-s", "upgrade"]).stdout
+            assert not re.search(r"(?m)^Inst postfix ", sim), sim
+            info["the rebuild %s+tlsreuse1 against the update %s" % (nxt, nxt)] = \
+                "apt-get upgrade has nothing to do"
         else:
             assert not would_replace, sim
             up = cs.run(["apt-get"] + opts + ["-y", "upgrade"])

@@ -75,16 +75,22 @@ def _ns(kind, pid="self"):
 
 def why_not_isolated():
     """None when this process runs as root in private network and mount
-    namespaces, else the reason."""
+    namespaces, else the reason.  The host's namespaces: init's, or where
+    those cannot be read, the ones scripts/check-deb saw before unshare
+    (PFX_HOST_NETNS, PFX_HOST_MNTNS)."""
     if os.geteuid() != 0:
         return "needs root (mounts, chroot)"
-    try:
-        if _ns("net") == _ns("net", 1):
-            return "not in a private network namespace (scripts/check-deb: unshare -n)"
-        if _ns("mnt") == _ns("mnt", 1):
-            return "not in a private mount namespace (scripts/check-deb: unshare -m)"
-    except PermissionError:
-        return "cannot read init's namespaces"
+    for kind, var, how in (("net", "PFX_HOST_NETNS", "unshare -n"),
+                           ("mnt", "PFX_HOST_MNTNS", "unshare -m")):
+        try:
+            host = _ns(kind, 1)
+        except OSError:
+            host = os.environ.get(var)
+        if not host:
+            return "cannot tell the host's %s namespace (init's is not readable, %s unset)" % (
+                kind, var)
+        if _ns(kind) == host:
+            return "not in a private %s namespace (scripts/check-deb: %s)" % (kind, how)
     return None
 
 
