@@ -25,11 +25,17 @@
 #   make resumption   TLS session resumption of new connections (client session
 #                     cache): resumed vs full handshakes at the receiver, stock
 #                     reuse off/on vs patched (~15 min; RESUMPTION_ARGS=--quick)
-#   make deb          Debian packages from Debian's own source package with the
-#                     series added (build/deb/; skipped when inputs unchanged)
-#   make check-deb    make deb, then install them into the system (root, private
-#                     network namespace), test, upgrade from Debian 12's postfix,
-#                     downgrade, purge (tests/test_debian_package.py)
+#   make deb          Debian packages for trixie (Debian 13) from Debian's own
+#                     source package with the series added, built in a clean
+#                     debootstrap chroot (build/deb/trixie/; cached by the
+#                     checksums of their inputs, chroot included)
+#   make check-deb    make deb, then install them into clean trixie chroots
+#                     (root, private network and mount namespace), test,
+#                     upgrade from trixie's postfix, update path, downgrade,
+#                     purge (tests/test_debian_package.py); the host's packages
+#                     and MTA are never touched
+#   make deb-bookworm, make check-deb-bookworm
+#                     the same for the Debian 12 backport (build/deb/bookworm/)
 #   make fuzz         fuzz the tlsproxy(8) protocol deserializers, FUZZ_SECONDS
 #                     (default 600) per target (FUZZ_TARGETS="context ..." selects)
 #
@@ -49,7 +55,7 @@ FUZZ_SECONDS = 600
 FUZZ_TARGETS =
 export UPSTREAM_CACHE
 
-.PHONY: all fetch tree export build build-stock build-units build-tlsrpt check check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb
+.PHONY: all fetch tree export build build-stock build-units build-tlsrpt check check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb deb-bookworm check-deb-bookworm
 
 all: build
 
@@ -93,6 +99,12 @@ deb:
 check-deb: deps build-stock
 	scripts/check-deb
 
+deb-bookworm:
+	DEB_RELEASE=bookworm scripts/deb
+
+check-deb-bookworm: deps build-stock
+	DEB_RELEASE=bookworm scripts/check-deb
+
 bench: deps build build-stock
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
@@ -112,7 +124,7 @@ demo: deps build build-stock
 	$(PYTHON) demo/demo.py
 
 clean:
-	rm -rf build/obj build/inst build/stock-src build/run build/fuzz build/deb-work
+	rm -rf build/obj build/inst build/stock-src build/run build/fuzz build/chroot/run-*
 
 # Everything under build/, the work tree included: export first.
 distclean:

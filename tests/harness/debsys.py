@@ -1,62 +1,64 @@
-"""The system's Postfix, installed from Debian packages into the real system
-paths (dpkg -i), for tests of the Debian package (test_debian_package.py).
+"""A clean Debian system of the package's release, and the Postfix installed
+into it from Debian packages, for the package tests (test_debian_package.py).
 
-Unlike harness.postfix (private instances under build/), this is the one
-Postfix of the machine: /etc/postfix, /var/spool/postfix, /usr/sbin/postfix.
-Its tests must run as root inside a private network namespace (the master
-and its children inherit the namespace of whoever runs "postfix start"), and
-must leave the machine as they found it:
+The system is a copy of build/chroot/test-<release> (scripts/check-deb made
+it with debootstrap, plus the packages that the postfix packages depend on),
+writable through an overlay mount whose upper layer is thrown away after
+the test: every test starts from the same clean system, and the host's own
+packages, /etc/postfix, /var/spool/postfix and MTA are never touched.
 
-    state = SystemState()                 # nothing of Postfix may be there
-    sp = SystemPostfix()
-    try:
+    with CleanSystem("fresh") as cs:      # overlay + /proc, /dev/pts, /sys
+        sp = SystemPostfix(cs)
         sp.preseed("Internet Site")
         sp.dpkg("-i", deb)                # maintainer scripts do not start
         ...                               # it (policy-rc.d exits 101)
-        sp.start(); ...; sp.stop()
-    finally:
-        sp.stop(); sp.purge(); state.restore()
+        sp.start(); ...; sp.stop()        # master runs chrooted, in our netns
+        sp.purge()
 
-Only "postfix stop" stops the system instance; a master that does not stop
-is killed by the PID in its pid file, and only when it runs in this
-process's network namespace (i.e. it is ours).
+The test process must run as root in a private mount namespace (the mounts
+go away with it) and a private network namespace (the master and its
+children inherit the namespace of whoever runs "postfix start"):
+scripts/check-deb runs pytest under "unshare -m -n".
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 
 from .proc import children_of
 
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RELEASE = os.environ.get("DEB_RELEASE", "trixie")
+BASE = os.environ.get("DEB_TEST_CHROOT",
+                      os.path.join(TOP, "build", "chroot", "test-" + RELEASE))
+RUN = os.path.join(TOP, "build", "chroot", "run-" + RELEASE)
+
 LOG = "/var/log/postfix-tlsreuse-test.log"
-POLICY_RC_D = "/usr/sbin/policy-rc.d"
 CA_DIR = "/usr/local/share/ca-certificates"
 CA_NAME = "postfix-tlsreuse-test-ca.crt"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-SNAKEOIL_KEY = "/etc/ssl/private/ssl-cert-snakeoil.key"
-SNAKEOIL_PEM = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
 LOG_RE = re.compile(r"^(\S+(?: +\S+ +\S+)?) \S+ ([^\s\[]+)\[(\d+)\]: (.*)$")
 
-# Files that Postfix's maintainer scripts create or change outside the
-# package's own files (restored by SystemState.restore()).
-TOUCHED_FILES = ["/etc/aliases", "/etc/aliases.db", "/etc/mailname", LOG]
-# What must not exist before the first install, and after the purge.
+# What must not exist in the clean system before the first install, and
+# after the purge.
 POSTFIX_PATHS = ["/etc/postfix", "/var/spool/postfix", "/var/lib/postfix",
                  "/usr/sbin/postfix", "/usr/lib/postfix", "/etc/init.d/postfix",
                  "/etc/rsyslog.d/postfix.conf",
-                 "/etc/systemd/system/multi-user.target.wants/postfix.service",
-                 os.path.join(CA_DIR, CA_NAME)]
+                 "/etc/systemd/system/multi-user.target.wants/postfix.service"]
+# The host's: checked unchanged before and after every test.
+HOST_PATHS = POSTFIX_PATHS + ["/etc/mailname", "/etc/aliases"]
+
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+              "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
 
 
 def run(argv, check=True, env=None, input=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    r = subprocess.run(argv, capture_output=True, text=True, env=e, input=input)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, input=input)
     if check and r.returncode != 0:
         raise RuntimeError("%s: exit %d\n%s%s" % (" ".join(argv), r.returncode,
                                                    r.stdout, r.stderr))
@@ -67,199 +69,212 @@ def netns(pid="self"):
     return os.readlink("/proc/%s/ns/net" % pid)
 
 
-def in_private_netns():
-    """True inside a network namespace other than init's; where init's is
-    not readable, when this namespace has no interface but lo (as after
-    unshare -n), whereas the host has others."""
-    try:
-        return netns() != netns(1)
-    except PermissionError:
-        with open("/proc/net/dev") as f:
-            names = {line.split(":")[0].strip() for line in f.readlines()[2:]}
-        return names == {"lo"}
+def _ns(kind, pid="self"):
+    return os.readlink("/proc/%s/ns/%s" % (pid, kind))
 
 
-def installed_packages(prefix="postfix"):
-    """Installed (or half-installed) packages whose name is prefix or
-    prefix-*, as {name: version}."""
-    r = run(["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n",
-             prefix, prefix + "-*"], check=False)
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        # Not "not-installed", and not the build dependencies' metapackage
-        # that mk-build-deps (scripts/deb) made.
-        if len(parts) >= 3 and parts[2][1] != "n" and not parts[0].endswith("-build-deps"):
-            out[parts[0]] = parts[1]
-    return out
-
-
-def mta_packages():
-    """Installed packages that provide mail-transport-agent (any MTA)."""
-    r = run(["dpkg-query", "-W", "-f", "${Package} ${Provides} ${db:Status-Abbrev}\\n"],
-            check=False)
-    return [line.split()[0] for line in r.stdout.splitlines()
-            if "mail-transport-agent" in line and line.rstrip().endswith("ii")]
-
-
-def why_not_clean():
-    """None when no Postfix or other MTA is on the system, else the reason."""
-    pk = installed_packages()
-    if pk:
-        return "a postfix package is installed (%s): the test installs and purges " \
-               "Postfix packages and never touches an existing one" % ", ".join(
-                   "%s %s" % kv for kv in sorted(pk.items()))
-    mta = mta_packages()
-    if mta:
-        return "an MTA is installed (%s): installing postfix would remove it" % ", ".join(mta)
-    there = [p for p in POSTFIX_PATHS if os.path.lexists(p)]
-    if there:
-        return "left-overs of a Postfix installation exist: %s" % ", ".join(there)
+def why_not_isolated():
+    """None when this process runs as root in private network and mount
+    namespaces, else the reason.  The host's namespaces: init's, or where
+    those cannot be read, the ones scripts/check-deb saw before unshare
+    (PFX_HOST_NETNS, PFX_HOST_MNTNS)."""
+    if os.geteuid() != 0:
+        return "needs root (mounts, chroot)"
+    for kind, var, how in (("net", "PFX_HOST_NETNS", "unshare -n"),
+                           ("mnt", "PFX_HOST_MNTNS", "unshare -m")):
+        try:
+            host = _ns(kind, 1)
+        except OSError:
+            host = os.environ.get(var)
+        if not host:
+            return "cannot tell the host's %s namespace (init's is not readable, %s unset)" % (
+                kind, var)
+        if _ns(kind) == host:
+            return "not in a private %s namespace (scripts/check-deb: %s)" % (kind, how)
     return None
 
 
-def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def host_packages(prefix="postfix"):
+    """Installed (or half-installed) packages on the host named prefix or
+    prefix-*, and those that provide mail-transport-agent, as a sorted
+    list of "name version status"."""
+    r = run(["dpkg-query", "-W", "-f",
+             "${Package} ${Version} ${db:Status-Abbrev} ${Provides}\\n"], check=False)
+    out = []
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[2][1] == "n":
+            continue
+        if parts[0] == prefix or parts[0].startswith(prefix + "-") or \
+                "mail-transport-agent" in line:
+            out.append(" ".join(parts[:3]))
+    return sorted(out)
 
 
-class SystemState:
-    """What the tests change outside the packages' own files: taken before
-    the first install, put back by restore()."""
+def host_snapshot():
+    """What a package test must never change on the host: its postfix and
+    MTA packages, and whether Postfix's paths exist (with their mtime)."""
+    paths = {}
+    for p in HOST_PATHS:
+        try:
+            st = os.lstat(p)
+            paths[p] = (st.st_mode, st.st_mtime_ns)
+        except FileNotFoundError:
+            paths[p] = None
+    return {"packages": host_packages(), "paths": paths}
 
-    def __init__(self):
-        self.files = {}
-        for p in TOUCHED_FILES:
-            if os.path.lexists(p):
-                with open(p, "rb") as f:
-                    self.files[p] = (f.read(), os.stat(p).st_mode & 0o7777)
-            else:
-                self.files[p] = None
-        self.bundle = _sha(CA_BUNDLE) if os.path.exists(CA_BUNDLE) else None
-        self.policy_rc_d = None         # our policy-rc.d, when we put one there
-        self.snakeoil = []              # the snakeoil pair, when we made it
 
-    def ensure_snakeoil(self):
-        """Debian's postinst adds its TLS settings (main.cf.tls) to a new
-        main.cf only when ssl-cert's snakeoil key exists, which ssl-cert's
-        postinst makes on an ordinary Debian system.  Container images may
-        lack it: make it as ssl-cert does, and remove it again afterwards."""
-        pair = [SNAKEOIL_KEY, SNAKEOIL_PEM]
-        if all(os.path.exists(p) for p in pair):
-            return
-        if any(os.path.exists(p) for p in pair):
-            raise RuntimeError("only half of the snakeoil pair exists: %s" % pair)
-        run(["make-ssl-cert", "generate-default-snakeoil"])
-        self.snakeoil = pair
+class CleanSystem:
+    """A private, writable copy of the release's clean test chroot."""
 
-    def block_service_starts(self):
-        """Make sure invoke-rc.d starts no service (policy-rc.d exit 101)."""
-        if os.path.exists(POLICY_RC_D):
-            if run([POLICY_RC_D, "postfix", "start"], check=False).returncode == 101:
-                return
-            raise RuntimeError("%s exists and does not deny service starts; "
-                               "not replacing it" % POLICY_RC_D)
-        with open(POLICY_RC_D, "w") as f:
-            f.write("#!/bin/sh\n# test_debian_package.py: no service starts\nexit 101\n")
-        os.chmod(POLICY_RC_D, 0o755)
-        self.policy_rc_d = POLICY_RC_D
+    def __init__(self, name):
+        if not os.path.isfile(os.path.join(BASE, ".key")):
+            raise RuntimeError("%s missing: scripts/check-deb makes it" % BASE)
+        self.dir = os.path.join(RUN, name)
+        self.root = os.path.join(self.dir, "root")
+        self.mounts = []
 
-    def restore(self):
+    def __enter__(self):
+        if os.path.exists(self.dir):
+            self._umount_all()
+            shutil.rmtree(self.dir)
+        for d in ("upper", "work", "root"):
+            os.makedirs(os.path.join(self.dir, d))
+        self._mount(["-t", "overlay", "overlay", "-o",
+                     "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (
+                         BASE, self.dir, self.dir)], self.root)
+        self._mount(["-t", "proc", "proc"], self.path("/proc"))
+        self._mount(["-t", "sysfs", "sysfs"], self.path("/sys"))
+        os.makedirs(self.path("/dev/pts"), exist_ok=True)
+        self._mount(["-t", "devpts", "-o", "newinstance,ptmxmode=0666", "devpts"],
+                    self.path("/dev/pts"))
+        there = [p for p in POSTFIX_PATHS if os.path.lexists(self.path(p))]
+        if there:
+            raise RuntimeError("the clean system has Postfix files: %s" % there)
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _mount(self, args, target):
+        run(["mount"] + args + [target])
+        self.mounts.append(target)
+
+    def _umount_all(self):
+        for m in reversed(self.mounts):
+            run(["umount", "-l", m], check=False)
+        self.mounts = []
+        # Whatever else is still mounted under this directory.
+        with open("/proc/self/mountinfo") as f:
+            left = sorted((line.split()[4] for line in f
+                           if line.split()[4].startswith(self.dir + "/")), reverse=True)
+        for m in left:
+            run(["umount", "-l", m], check=False)
+
+    def close(self):
+        self._umount_all()
+        if os.path.exists(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def path(self, p):
+        return self.root + p
+
+    def run(self, argv, check=True, input=None, binary=False):
+        a = ["chroot", self.root] + list(argv)
+        if binary:
+            r = subprocess.run(a, capture_output=True, env=CHROOT_ENV, input=input)
+            if check and r.returncode != 0:
+                raise RuntimeError("%s: exit %d\n%s" % (" ".join(a), r.returncode,
+                                                        r.stderr.decode(errors="replace")))
+            return r
+        return run(a, check=check, env=CHROOT_ENV, input=input)
+
+    def copy_in(self, files, where="/root/debs"):
+        """Copy files into the system; their paths there."""
+        d = self.path(where)
+        os.makedirs(d, exist_ok=True)
+        out = []
+        for f in files:
+            shutil.copy(f, d)
+            out.append(os.path.join(where, os.path.basename(f)))
+        return out
+
+    def packages(self, prefix="postfix"):
+        r = self.run(["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n",
+                      prefix, prefix + "-*"], check=False)
+        out = {}
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2][1] != "n":
+                out[parts[0]] = parts[1]
+        return out
+
+    def add_ca(self, pem):
+        """Trust a CA the way an administrator does on Debian."""
+        os.makedirs(self.path(CA_DIR), exist_ok=True)
+        with open(pem) as src, open(self.path(os.path.join(CA_DIR, CA_NAME)), "w") as dst:
+            dst.write(src.read())
+        self.run(["update-ca-certificates"])
+
+    def leftovers(self):
+        """After the purge: what of Postfix is still there."""
         problems = []
-        for p, saved in self.files.items():
-            if saved is None:
-                if os.path.lexists(p):
-                    os.unlink(p)
-            else:
-                data, mode = saved
-                with open(p, "wb") as f:
-                    f.write(data)
-                os.chmod(p, mode)
-        # The snakeoil pair first: update-ca-certificates rehashes
-        # /etc/ssl/certs, which would link the snakeoil certificate.
-        rehash = bool(self.snakeoil)
-        for p in self.snakeoil:
-            os.unlink(p)
-        self.snakeoil = []
-        ca = os.path.join(CA_DIR, CA_NAME)
-        if os.path.lexists(ca):
-            os.unlink(ca)
-            rehash = True
-        if rehash:
-            run(["update-ca-certificates", "--fresh"])
-        dangling = [p for p in glob.glob("/etc/ssl/certs/*") if not os.path.exists(p)]
-        if dangling:
-            problems.append("dangling links in /etc/ssl/certs: %s" % dangling)
-        if self.policy_rc_d:
-            os.unlink(self.policy_rc_d)
-            self.policy_rc_d = None
-        if self.bundle and os.path.exists(CA_BUNDLE) and _sha(CA_BUNDLE) != self.bundle:
-            problems.append("%s differs from before the test" % CA_BUNDLE)
-        left = [p for p in POSTFIX_PATHS if os.path.lexists(p)]
+        left = [p for p in POSTFIX_PATHS if os.path.lexists(self.path(p))]
         if left:
             problems.append("left after the purge: %s" % ", ".join(left))
-        pk = installed_packages()
+        pk = self.packages()
         if pk:
             problems.append("packages still installed: %s" % ", ".join(pk))
-        so = run(["dpkg-statoverride", "--list"], check=False).stdout
+        so = self.run(["dpkg-statoverride", "--list"], check=False).stdout
         for f in ("/usr/sbin/postdrop", "/usr/sbin/postqueue"):
             if f in so:
                 problems.append("dpkg-statoverride still lists " + f)
         return problems
 
 
-def add_ca(pem):
-    """Trust a CA the way an administrator does on Debian."""
-    os.makedirs(CA_DIR, exist_ok=True)
-    with open(pem) as src, open(os.path.join(CA_DIR, CA_NAME), "w") as dst:
-        dst.write(src.read())
-    run(["update-ca-certificates"])
-
-
 class SystemPostfix:
+    """The Postfix of a CleanSystem, installed with dpkg as an
+    administrator does."""
     name = "system"
 
-    def __init__(self):
+    def __init__(self, cs):
+        self.cs = cs
         self.started_pid = None
         self.running = False
 
     # -- packages -------------------------------------------------------
 
     def dpkg(self, *args):
-        """dpkg as an administrator runs it (noninteractive debconf); waits
-        while another process holds the dpkg lock."""
-        deadline = time.time() + 300
-        while True:
-            r = run(["dpkg"] + list(args), check=False,
-                    env={"DEBIAN_FRONTEND": "noninteractive"})
-            if r.returncode == 0:
-                return r.stdout + r.stderr
-            if "lock" in r.stderr and time.time() < deadline:
-                time.sleep(3)
-                continue
-            raise RuntimeError("dpkg %s: exit %d\n%s%s" % (" ".join(args), r.returncode,
+        """dpkg in the system, as an administrator runs it (noninteractive
+        debconf); .deb paths of the host are copied in first."""
+        argv = []
+        for a in args:
+            if a.endswith(".deb") and os.path.isfile(a):
+                a = self.cs.copy_in([a])[0]
+            argv.append(a)
+        r = self.cs.run(["dpkg"] + argv, check=False)
+        if r.returncode != 0:
+            raise RuntimeError("dpkg %s: exit %d\n%s%s" % (" ".join(argv), r.returncode,
                                                            r.stdout, r.stderr))
+        return r.stdout + r.stderr
 
-    @staticmethod
-    def preseed(mailer, mailname="sender.test"):
+    def preseed(self, mailer, mailname="sender.test"):
         sel = ("postfix postfix/main_mailer_type select %s\n"
                "postfix postfix/mailname string %s\n" % (mailer, mailname))
-        run(["debconf-set-selections"], input=sel)
+        self.cs.run(["debconf-set-selections"], input=sel)
 
-    @staticmethod
-    def version():
-        return installed_packages().get("postfix")
+    def version(self):
+        return self.cs.packages().get("postfix")
 
     def purge(self):
-        pk = installed_packages()
+        pk = self.cs.packages()
         if pk:
             self.dpkg("--purge", *sorted(pk, key=lambda p: p == "postfix"))
 
     # -- configuration --------------------------------------------------
 
-    @staticmethod
-    def postconf(*args, check=True):
-        return run(["/usr/sbin/postconf"] + list(args), check=check).stdout
+    def postconf(self, *args, check=True):
+        return self.cs.run(["/usr/sbin/postconf"] + list(args), check=check).stdout
 
     def set(self, **params):
         for k, v in params.items():
@@ -267,18 +282,17 @@ class SystemPostfix:
         if self.running:
             self.postfix("reload")
 
-    @staticmethod
-    def write_map(name, entries):
+    def write_map(self, name, entries):
         """An /etc/postfix hash: table made with postmap (backdated: fresh
         tables are 'hot' for Postfix's daemons)."""
         path = os.path.join("/etc/postfix", name)
-        with open(path, "w") as f:
+        with open(self.cs.path(path), "w") as f:
             for k, v in entries.items():
                 f.write("%s\t%s\n" % (k, v))
-        run(["/usr/sbin/postmap", "hash:" + path])
+        self.cs.run(["/usr/sbin/postmap", "hash:" + path])
         past = time.time() - 60
         for p in (path, path + ".db"):
-            os.utime(p, (past, past))
+            os.utime(self.cs.path(p), (past, past))
         return "hash:" + path
 
     def configure_for_test(self, routes):
@@ -289,10 +303,14 @@ class SystemPostfix:
                  transport_maps=self.write_map("transport", {
                      d: "smtp:" + n for d, n in routes.items()}))
 
+    def read(self, path):
+        with open(self.cs.path(path)) as f:
+            return f.read()
+
     # -- life cycle -----------------------------------------------------
 
     def postfix(self, *args, check=True):
-        return run(["/usr/sbin/postfix"] + list(args), check=check)
+        return self.cs.run(["/usr/sbin/postfix"] + list(args), check=check)
 
     def check(self):
         """postfix check: (exit status, output)."""
@@ -301,7 +319,7 @@ class SystemPostfix:
 
     def master_pid(self):
         try:
-            with open("/var/spool/postfix/pid/master.pid") as f:
+            with open(self.cs.path("/var/spool/postfix/pid/master.pid")) as f:
                 pid = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             pid = self.started_pid
@@ -311,6 +329,8 @@ class SystemPostfix:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
                 if os.path.basename(f.read().split(b"\0")[0]) != b"master":
                     return None
+            if not os.readlink("/proc/%d/root" % pid).startswith(self.cs.root):
+                return None
             return pid
         except OSError:
             return None
@@ -348,13 +368,13 @@ class SystemPostfix:
                            + self.log_tail())
 
     def stop(self):
-        """postfix stop; the master is killed by PID only when it does not
-        stop and runs in our network namespace."""
+        """postfix stop; a master that does not stop is killed by PID (it
+        runs chrooted in our system and network namespace: it is ours)."""
         pid = self.master_pid()
         if pid is None:
             self.running = False
             return
-        if os.path.exists("/usr/sbin/postfix"):
+        if os.path.exists(self.cs.path("/usr/sbin/postfix")):
             self.postfix("stop", check=False)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -371,35 +391,39 @@ class SystemPostfix:
     # -- mail -----------------------------------------------------------
 
     def sendmail(self, rcpt, data):
-        r = subprocess.run(["/usr/sbin/sendmail", "-i", "-f", "tester@sender.test", rcpt],
-                           input=data, capture_output=True)
+        r = self.cs.run(["/usr/sbin/sendmail", "-i", "-f", "tester@sender.test", rcpt],
+                        input=data, check=False, binary=True)
         if r.returncode != 0:
             raise RuntimeError("sendmail: %s" % r.stderr.decode(errors="replace"))
 
     def queued(self):
-        out = run(["/usr/sbin/postqueue", "-j"]).stdout
+        out = self.cs.run(["/usr/sbin/postqueue", "-j"]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def flush(self):
-        run(["/usr/sbin/postqueue", "-f"])
+        self.cs.run(["/usr/sbin/postqueue", "-f"])
 
     # -- logs -----------------------------------------------------------
 
-    def log_records(self):
+    def _log(self):
         try:
-            with open(LOG, errors="replace") as f:
-                lines = f.read().splitlines()
+            with open(self.cs.path(LOG), errors="replace") as f:
+                return f.read()
         except FileNotFoundError:
+            return None
+
+    def log_records(self):
+        text = self._log()
+        if text is None:
             return []
         return [(m.group(2), int(m.group(3)), m.group(4))
-                for m in map(LOG_RE.match, lines) if m]
+                for m in map(LOG_RE.match, text.splitlines()) if m]
 
     def log_tail(self, n=40):
-        try:
-            with open(LOG, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except FileNotFoundError:
+        text = self._log()
+        if text is None:
             return "(no %s yet)" % LOG
+        return "\n".join(text.splitlines()[-n:])
 
     def grep(self, pattern):
         rx = re.compile(pattern)
