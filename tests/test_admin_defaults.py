@@ -84,7 +84,7 @@ def test_tlsproxy_unavailable(world, flavour, level):
         # timing.
         wait_log_flushing(s, r"status=sent")
         assert s.grep(r"Cannot start TLS: handshake failure")
-        c = r.counts()
+        c = r.wait_messages(1)
         assert (c.messages, c.plaintext_messages) == (1, 1)
 
 
@@ -187,7 +187,7 @@ def test_policy_failure_honoured(world, reuse, flavour):
     world.send(s, "user@d1.test")
     if flavour == "stock":
         s.wait_log(r"status=sent")
-        assert r.counts().messages == 1
+        assert r.wait_messages(1).messages == 1
     else:
         s.wait_log(r"status=deferred")
         assert s.grep(r"external policy failure \(sts-webpki-invalid\)")
