@@ -349,6 +349,7 @@ def test_upgrade_from_the_releases_postfix_and_downgrade():
     mail is delivered exactly once, reuse works once the administrator
     turns it on; then dpkg -i of the release's package again (downgrade)
     with mail queued: none is lost; purge leaves nothing."""
+    preconditions()
     debs = our_debs()
     with clean_system("upgrade") as sp:
         old = old_debs()
@@ -526,6 +527,7 @@ def test_recommended_update_path():
     and installs over the hold as the README says.  On bookworm the
     backport sorts above every bookworm postfix (3.7.x) and below the
     trixie build, so no hold is needed there; checked the same way."""
+    preconditions()
     debs = our_debs()
     with clean_system("update-path") as sp:
         old = old_debs()
