@@ -66,7 +66,7 @@ from elsewhere on the machine falls on all five alike.  Results go to
 bench/results/<UTC time>[-quick]/: results.md (tables), results.json
 (every run, everything measured), chart.png (+ chart.gp, chart.dat),
 machine.txt, bench.log.  Each run's Postfix files stay in
-build/run/bench-<workload>-<flavour>-reuse-<on|off>-<run>/.
+build/<base>/run/bench-<workload>-<flavour>-reuse-<on|off>-<run>/.
 The exit status is 0 when every run delivered every message over TLS.
 """
 
@@ -93,6 +93,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
+from harness.base import BASE, INST, make_hint  # noqa: E402
 from harness.postfix import installed        # noqa: E402
 from harness.proc import pids, proc_stat     # noqa: E402
 from harness.world import World              # noqa: E402
@@ -1036,7 +1037,7 @@ def machine_info():
         "loadavg": os.getloadavg(),
     }
     for flavour in ("stock", "patched"):
-        postconf = os.path.join(TOP, "build", "inst", flavour, "sbin", "postconf")
+        postconf = os.path.join(INST, flavour, "sbin", "postconf")
         info["postfix_" + flavour] = command_output([postconf, "-d", "mail_version"])
     return info
 
@@ -1081,8 +1082,9 @@ def main():
 
     for flavour in ("stock", "patched"):
         if not installed(flavour):
-            sys.exit("Postfix %s is not installed under build/inst: run 'make build%s'"
-                     % (flavour, "" if flavour == "patched" else "-stock"))
+            sys.exit("Postfix %s is not installed under build/%s/inst: run '%s'"
+                     % (flavour, BASE, make_hint("build" if flavour == "patched"
+                                                 else "build-stock")))
     wanted = [k.strip().upper() for k in args.workloads.split(",") if k.strip()]
     if args.repeat is not None and args.repeat < 1:
         sys.exit("--repeat must be at least 1")
