@@ -93,7 +93,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
-from harness.base import BASE, INST, make_hint  # noqa: E402
+from harness.base import BASE, INST, POSTFIX_VERSION, make_hint  # noqa: E402
 from harness.postfix import installed        # noqa: E402
 from harness.proc import pids, proc_stat     # noqa: E402
 from harness.world import World              # noqa: E402
@@ -927,8 +927,9 @@ def chart(results, wls, outdir):
     lines = [
         'set terminal pngcairo size 1800,1000 font "DejaVu Sans,11" noenhanced',
         'set output "%s"' % png,
-        'set multiplot layout 2,4 title "Postfix 3.10.13 stock and patched: ratio to '
-        'stock with smtp_tls_connection_reuse = no (log scale; 1 = same)" font ",15"',
+        'set multiplot layout 2,4 title "Postfix %s stock and patched: ratio to '
+        'stock with smtp_tls_connection_reuse = no (log scale; 1 = same)" font ",15"'
+        % POSTFIX_VERSION,
         "set logscale y 10",
         "set grid ytics lc rgb '#dddddd'",
         "set xrange [-0.6:%g]" % (len(keys) - 0.4),
