@@ -66,7 +66,7 @@ from elsewhere on the machine falls on all five alike.  Results go to
 bench/results/<UTC time>[-quick]/: results.md (tables), results.json
 (every run, everything measured), chart.png (+ chart.gp, chart.dat),
 machine.txt, bench.log.  Each run's Postfix files stay in
-build/run/bench-<workload>-<flavour>-reuse-<on|off>-<run>/.
+build/<base>/run/bench-<workload>-<flavour>-reuse-<on|off>-<run>/.
 The exit status is 0 when every run delivered every message over TLS.
 """
 
@@ -93,6 +93,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
+from harness.base import BASE, INST, POSTFIX_VERSION, make_hint  # noqa: E402
 from harness.postfix import installed        # noqa: E402
 from harness.proc import pids, proc_stat     # noqa: E402
 from harness.world import World              # noqa: E402
@@ -926,8 +927,9 @@ def chart(results, wls, outdir):
     lines = [
         'set terminal pngcairo size 1800,1000 font "DejaVu Sans,11" noenhanced',
         'set output "%s"' % png,
-        'set multiplot layout 2,4 title "Postfix 3.10.13 stock and patched: ratio to '
-        'stock with smtp_tls_connection_reuse = no (log scale; 1 = same)" font ",15"',
+        'set multiplot layout 2,4 title "Postfix %s stock and patched: ratio to '
+        'stock with smtp_tls_connection_reuse = no (log scale; 1 = same)" font ",15"'
+        % POSTFIX_VERSION,
         "set logscale y 10",
         "set grid ytics lc rgb '#dddddd'",
         "set xrange [-0.6:%g]" % (len(keys) - 0.4),
@@ -1036,7 +1038,7 @@ def machine_info():
         "loadavg": os.getloadavg(),
     }
     for flavour in ("stock", "patched"):
-        postconf = os.path.join(TOP, "build", "inst", flavour, "sbin", "postconf")
+        postconf = os.path.join(INST, flavour, "sbin", "postconf")
         info["postfix_" + flavour] = command_output([postconf, "-d", "mail_version"])
     return info
 
@@ -1081,8 +1083,9 @@ def main():
 
     for flavour in ("stock", "patched"):
         if not installed(flavour):
-            sys.exit("Postfix %s is not installed under build/inst: run 'make build%s'"
-                     % (flavour, "" if flavour == "patched" else "-stock"))
+            sys.exit("Postfix %s is not installed under build/%s/inst: run '%s'"
+                     % (flavour, BASE, make_hint("build" if flavour == "patched"
+                                                 else "build-stock")))
     wanted = [k.strip().upper() for k in args.workloads.split(",") if k.strip()]
     if args.repeat is not None and args.repeat < 1:
         sys.exit("--repeat must be at least 1")

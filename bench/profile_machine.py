@@ -24,7 +24,7 @@ wrapper.  Idle time (the swapper) is reported as such.  Tracing system
 calls slows them down, so pass 2 gives counts, not times.
 
 Writes <out>/profile.md.  The perf data files (gigabytes for a full W2) go
-to build/perf-data/ and are removed once read, unless --keep-data.  Needs perf (Debian's linux-perf) with cpu-clock and tracepoint
+to build/<base>/perf-data/ and are removed once read, unless --keep-data.  Needs perf (Debian's linux-perf) with cpu-clock and tracepoint
 access, as root; both builds installed, like the bench.
 """
 
@@ -43,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import bench                                    # noqa: E402
+from harness.base import BUILD                  # noqa: E402
 
 FREQ = 999
 DELIVERY_AGENTS = ("smtp", "tlsproxy", "scache")
@@ -316,7 +317,7 @@ def main():
     ap.add_argument("--out", help="results directory (default "
                     "bench/results/machine-profile-<UTC time>)")
     ap.add_argument("--keep-data", action="store_true",
-                    help="keep the perf data files in build/perf-data/")
+                    help="keep the perf data files in build/<base>/perf-data/")
     args = ap.parse_args()
     if shutil.which("perf") is None:
         sys.exit("perf not found: apt-get install linux-perf")
@@ -334,7 +335,7 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = os.path.abspath(args.out or os.path.join(HERE, "results", "machine-profile-" + stamp))
     os.makedirs(out, exist_ok=True)
-    scratch = os.path.join(HERE, "..", "build", "perf-data", stamp)
+    scratch = os.path.join(BUILD, "perf-data", stamp)
     os.makedirs(scratch, exist_ok=True)
     names = syscall_names()
     roots = Roots()

@@ -71,6 +71,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
+from harness.base import BASE, make_hint     # noqa: E402
 from harness.postfix import installed        # noqa: E402
 from harness.world import World, wait_for    # noqa: E402
 
@@ -241,7 +242,8 @@ def main():
         if c not in CONFIGS:
             ap.error("unknown configuration %s" % c)
         if not installed(CONFIGS[c][0]):
-            ap.error("build/inst/%s missing: run make build build-stock" % CONFIGS[c][0])
+            ap.error("build/%s/inst/%s missing: run %s"
+                     % (BASE, CONFIGS[c][0], make_hint("build build-stock")))
     for rc in receivers:
         if rc not in RECEIVERS:
             ap.error("unknown receiver %s" % rc)

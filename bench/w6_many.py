@@ -38,7 +38,7 @@ delivered exactly once to the address its domain routes to.
 Everything runs in a private network namespace: run as root, this program
 re-executes itself under "unshare -n" (unless W6_NETNS=1 says it already
 runs in one).  Results: bench/results/<UTC time>-w6/ (results.md,
-results.json), Postfix files in build/run/w6-<flavour>-<N>/.
+results.json), Postfix files in build/<base>/run/w6-<flavour>-<N>/.
 """
 
 import argparse

@@ -1,9 +1,9 @@
-# debchroot.sh - clean Debian systems (debootstrap chroots) under build/chroot/
+# debchroot.sh - clean Debian systems (debootstrap chroots) under build/<base>/chroot/
 # for building (scripts/deb) and testing (scripts/check-deb) the packages.
 # Source after common.sh.  Defines
 #
 #   chroot_ensure NAME RELEASE VARIANT "PKGS" [EXTRA-KEY]
-#       build/chroot/NAME: debootstrap --variant=VARIANT of RELEASE from
+#       build/<base>/chroot/NAME: debootstrap --variant=VARIANT of RELEASE from
 #       $DEB_MIRROR, with RELEASE-updates and RELEASE-security in its
 #       sources.list, upgraded, PKGS installed with apt-get (no recommends),
 #       apt's cache emptied.  Cached: made again only when its key (the
@@ -20,7 +20,7 @@
 #       build environment, for the cache key of the packages.
 #
 # The host gets nothing installed: debootstrap is taken from Debian 12's
-# package (apt-get download) and unpacked under build/tools/.
+# package (apt-get download) and unpacked under build/<base>/tools/.
 
 DEB_MIRROR=${DEB_MIRROR:-http://deb.debian.org/debian}
 DEB_SECURITY_MIRROR=${DEB_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
@@ -30,7 +30,7 @@ CHROOTS=$BUILD/chroot
 debootstrap_tool() {
     local t=$BUILD/tools/debootstrap-root
     if [ ! -x "$t/usr/sbin/debootstrap" ]; then
-	say "fetching debootstrap (Debian 12's package, unpacked under build/tools/; nothing installed)"
+	say "fetching debootstrap (Debian 12's package, unpacked under build/$BASE/tools/; nothing installed)"
 	rm -rf "$BUILD/tools/dl" "$t" && mkdir -p "$BUILD/tools/dl" && chmod 777 "$BUILD/tools/dl"
 	(cd "$BUILD/tools/dl" && apt-get download -q debootstrap) >/dev/null 2>&1 ||
 	    die "apt-get download debootstrap failed"
@@ -77,7 +77,7 @@ chroot_ensure() {
 	    rm -rf "$d"
 	fi
     done
-    say "debootstrap --variant=$variant $release into build/chroot/$name (log: build/chroot/$name.log)"
+    say "debootstrap --variant=$variant $release into build/$BASE/chroot/$name (log: build/$BASE/chroot/$name.log)"
     # debootstrap mounts /proc and /sys in the target: in a private mount
     # namespace they go away with it, also when debootstrap fails.
     if ! unshare -m --propagation private env DEBOOTSTRAP_DIR="$ds/usr/share/debootstrap" \
@@ -86,7 +86,7 @@ chroot_ensure() {
 	"$release" "$dir.new" "$DEB_MIRROR" > "$dir.log" 2>&1; then
 	tail -20 "$dir.log" >&2
 	[ ! -f "$dir.new/debootstrap/debootstrap.log" ] || tail -20 "$dir.new/debootstrap/debootstrap.log" >&2
-	die "debootstrap of $release failed (build/chroot/$name.log)"
+	die "debootstrap of $release failed (build/$BASE/chroot/$name.log)"
     fi
     cat > "$dir.new/etc/apt/sources.list" <<EOF
 deb $DEB_MIRROR $release main
@@ -107,7 +107,7 @@ EOF
 	chroot_run "$dir.new" apt-get -q -y dist-upgrade &&
 	{ [ -z "$pkgs" ] || chroot_run "$dir.new" apt-get -q -y install $pkgs; } &&
 	chroot_run "$dir.new" apt-get clean
-    } >> "$dir.log" 2>&1 || { tail -30 "$dir.log" >&2; die "apt-get in the $release chroot failed (build/chroot/$name.log)"; }
+    } >> "$dir.log" 2>&1 || { tail -30 "$dir.log" >&2; die "apt-get in the $release chroot failed (build/$BASE/chroot/$name.log)"; }
     printf '%s\n' "$key" > "$dir.new/.key"
     mv "$dir.new" "$dir"
     say "chroot $name ($release): $(( $(date +%s) - t0 )) s, $(chroot_manifest "$dir" | wc -l) packages"

@@ -31,6 +31,7 @@ def _worker_network_namespace():
 
 _worker_network_namespace()
 
+from harness.base import BASE, make_hint  # noqa: E402
 from harness.postfix import installed  # noqa: E402
 
 
@@ -47,7 +48,8 @@ def world(request):
     # without a fix.
     flavour = os.environ.get("PFX_FLAVOUR", "patched")
     if not installed(flavour):
-        pytest.fail("build/inst/%s missing: run 'make build' (make check does)" % flavour)
+        pytest.fail("build/%s/inst/%s missing: run '%s' (make check does)"
+                    % (BASE, flavour, make_hint("build")))
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "_")
     w = World(name, flavour=flavour)
     yield w

@@ -13,7 +13,7 @@ and the number of connections cached in between.  At the end it prints the
 samples and compares the last third of the run with the middle third:
 memory and descriptors must not grow (a 10% margin for RSS, allocator
 noise), every message must arrive exactly once, none in plaintext.  Exit
-status 0 when all holds.  Logs stay in build/run/measure_longrun/.
+status 0 when all holds.  Logs stay in build/<base>/run/measure_longrun/.
 """
 
 import argparse

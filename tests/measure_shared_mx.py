@@ -31,7 +31,7 @@ set per domain at mxa, and fewer at mxb, whose "encrypt" key has no domain.
 (With both hosts at equal preference, reuse would also skew the load: a
 delivery takes any cached connection to a best-preference host, and mxb's
 is shared by all domains.)
-Logs stay in build/run/measure_shared_mx-<flavour>/.
+Logs stay in build/<base>/run/measure_shared_mx-<flavour>/.
 """
 
 import argparse

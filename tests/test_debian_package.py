@@ -4,8 +4,8 @@ was built for.
 
 Run by `make check-deb` (scripts/check-deb; DEB_RELEASE=trixie, or bookworm
 for the backport): as root, in a private network and mount namespace, with
-build/deb/<release>/ built, the release's own postfix package downloaded to
-build/deb-old/<release>/, and build/chroot/test-<release> made with
+build/<base>/deb/<release>/ built, the release's own postfix package downloaded to
+build/<base>/deb-old/<release>/, and build/<base>/chroot/test-<release> made with
 debootstrap plus the packages that both postfix packages depend on.  Each
 test gets a private copy of that clean system (harness.debsys.CleanSystem,
 an overlay thrown away afterwards); the host's packages and MTA are never
@@ -28,7 +28,7 @@ runs them next, through scripts/check-deb.  Under check-deb nothing is
 skipped: a test that cannot run fails with the reason (and check-deb fails
 when pytest reports a skip).
 
-Counts are taken at the receivers (stock Postfix from build/inst/stock, on
+Counts are taken at the receivers (stock Postfix from build/<base>/inst/stock, on
 the host, in the same network namespace).
 """
 
@@ -40,12 +40,13 @@ import time
 import pytest
 
 from harness import debsys
-from harness.postfix import TOP, installed
+from harness.base import BASE, BUILD, make_hint
+from harness.postfix import installed
 from harness.world import World, wait_for
 
 RELEASE = debsys.RELEASE
-DEB_DIR = os.environ.get("DEB_DIR", os.path.join(TOP, "build", "deb", RELEASE))
-OLD_DIR = os.path.join(TOP, "build", "deb-old", RELEASE)
+DEB_DIR = os.environ.get("DEB_DIR", os.path.join(BUILD, "deb", RELEASE))
+OLD_DIR = os.path.join(BUILD, "deb-old", RELEASE)
 # The release's own postfix, the upgrade test's starting point, and whether
 # the release's libraries give TLSRPT.
 OLD_VERSION_RE = {"trixie": r"^3\.10\.13-0\+deb13u1$", "bookworm": r"^3\.7\."}[RELEASE]
@@ -72,11 +73,11 @@ RESUME_ADDR = {"debian": "127.0.0.17", "none": "127.0.0.19"}
 UPGRADE_ADDR = "127.0.0.18"
 
 
-REPORT = os.path.join(TOP, "build", "deb", RELEASE, "test-report.txt")
+REPORT = os.path.join(BUILD, "deb", RELEASE, "test-report.txt")
 
 
 def report(line):
-    """Counts for the packager's README, in build/deb/<release>/test-report.txt."""
+    """Counts for the packager's README, in build/<base>/deb/<release>/test-report.txt."""
     with open(REPORT, "a") as f:
         f.write(line + "\n")
 
@@ -101,7 +102,8 @@ def preconditions():
     if why:
         pytest.fail("cannot run the Debian package test: " + why)
     if not installed("stock"):
-        pytest.fail("build/inst/stock missing (the receivers): run 'make build-stock'")
+        pytest.fail("build/%s/inst/stock missing (the receivers): run '%s'"
+                    % (BASE, make_hint("build-stock")))
 
 
 def our_debs(names=("postfix",)):

@@ -14,7 +14,7 @@ end of data is lost after the receiver took the message), none in
 plaintext, and the sender's queue is empty at the end.  Accepted means
 queued by the receiver's cleanup and qmgr, so a transfer cut off in DATA
 does not count.  Each test appends its row (sent, accepted, duplicates,
-deferrals, plaintext) to build/run/fault-matrix.txt.
+deferrals, plaintext) to build/<base>/run/fault-matrix.txt.
 """
 
 import os
@@ -28,7 +28,7 @@ import pytest
 
 from harness import mailgen
 from harness.faultproxy import FaultProxy
-from harness.postfix import TOP
+from harness.base import RUN
 from harness.world import wait_for
 
 PROXY = "127.0.0.30"
@@ -46,7 +46,7 @@ FAST = {
     "smtp_data_xfer_timeout": "5s", "smtp_data_done_timeout": "5s",
     "smtp_rset_timeout": "5s", "smtp_quit_timeout": "5s",
 }
-MATRIX = os.path.join(TOP, "build", "run", "fault-matrix.txt")
+MATRIX = os.path.join(RUN, "fault-matrix.txt")
 
 
 def big(size):

@@ -1,7 +1,7 @@
 """Fuzz the deserializers of the tlsproxy(8) protocols (libFuzzer + ASan).
 
 One libFuzzer target per deserializer entry point (fuzz/*_fuzz.c, see
-fuzz/README.md), built by scripts/build-fuzz into build/fuzz/bin/ with clang,
+fuzz/README.md), built by scripts/build-fuzz into build/<base>/fuzz/bin/ with clang,
 AddressSanitizer and LeakSanitizer.  For every target:
 
   - replay: each committed seed (fuzz/corpus/<target>/) and each saved
@@ -28,9 +28,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.base import BUILD as _BUILD
+
 TOP = Path(__file__).resolve().parents[1]
+BUILD = Path(_BUILD)
 FUZZ = TOP / "fuzz"
-BIN = TOP / "build" / "fuzz" / "bin"
+BIN = BUILD / "fuzz" / "bin"
 DICT = FUZZ / "tlsproxy.dict"
 SECONDS = int(os.environ.get("FUZZ_TEST_SECONDS", "20"))
 TARGETS = sorted(p.name[:-len("_fuzz.c")] for p in FUZZ.glob("*_fuzz.c"))
@@ -108,7 +111,7 @@ def test_fuzz_short(built, target, tmp_path):
 
 def test_seeds_current(built, tmp_path):
     """The committed gen-* seeds are exactly what seedgen writes now."""
-    pem = TOP / "build" / "obj" / "fuzz" / "src" / "tls" / "tls_client_policy.pem"
+    pem = BUILD / "obj" / "fuzz" / "src" / "tls" / "tls_client_policy.pem"
     r = subprocess.run([str(built / "seedgen"), str(tmp_path), str(pem)],
                        capture_output=True, text=True, timeout=120, env=ENV)
     check_output("seedgen", r, "seed generation")

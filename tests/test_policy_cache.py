@@ -21,12 +21,12 @@ import time
 
 import pytest
 
-from harness.postfix import TOP
+from harness.base import OBJ as _OBJ, WORKTREE, make_hint
 from harness.receivers import PostfixReceiver
 from harness.world import wait_for
 
 SPACING = 3
-WORK = os.path.join(TOP, "build", "postfix-3.10.13")
+WORK = WORKTREE
 
 
 # -- item 6: IPv6 cache destinations -------------------------------------
@@ -167,14 +167,14 @@ def test_cafile_content_change(world, reload):
 
 # -- item 16: the policy serializer notices new property members ---------
 
-OBJ = os.path.join(TOP, "build", "obj", os.environ.get("UNIT_FLAVOUR", "patched"))
+OBJ = os.path.join(_OBJ, os.environ.get("UNIT_FLAVOUR", "patched"))
 
 
 def _tls_copy(tmp_path):
     """src/tls of the built tree in a scratch tree whose include and lib
     are links to the built ones (the Makefile uses ../../include, lib, conf)."""
     if not os.path.exists(os.path.join(OBJ, "src", "tls", "tls_client_policy.o")):
-        pytest.fail("no built tree at %s: run 'make build'" % OBJ)
+        pytest.fail("no built tree at %s: run '%s'" % (OBJ, make_hint("build")))
     root = tmp_path / "tree"
     (root / "src").mkdir(parents=True)
     subprocess.run(["cp", "-a", os.path.join(OBJ, "src", "tls"), str(root / "src")],

@@ -13,7 +13,7 @@ domain the nexthop stays in the by-address key (as with SASL credentials,
 test_sasl_key.py), so that domain B never rides a connection that domain A
 opened, whose handshake was reported to A only.
 
-Needs build/inst/tlsrpt (make build-tlsrpt): the patched tree built with
+Needs build/<base>/inst/tlsrpt (make build-tlsrpt): the patched tree built with
 -DUSE_TLSRPT against the project's stub of the TLSRPT client library
 (tests/stubs/tlsrpt), which appends one line per library call to
 <smtp_tlsrpt_socket_name>.record; the test counts the reports per domain
@@ -35,6 +35,7 @@ import time
 
 import pytest
 
+from harness.base import BASE, make_hint
 from harness.dns import UNSIGNED, dns_world
 from harness.postfix import installed
 from harness.world import wait_for
@@ -79,8 +80,8 @@ def reports(records):
                               "secure-tlsrpt-on"])
 def test_tlsrpt_domain_rides_only_its_own_connections(world, tlsrpt, level):
     if not installed(FLAVOUR):
-        pytest.fail("build/inst/%s missing: run 'make build-tlsrpt' (make check does)"
-                    % FLAVOUR)
+        pytest.fail("build/%s/inst/%s missing: run '%s' (make check does)"
+                    % (BASE, FLAVOUR, make_hint("build-tlsrpt")))
     dns = dns_world(world)
     r = world.postfix_receiver("r1", [ADDR], cert=world.cert("mx", [MX] + RPT + PLAIN),
                                flavour=FLAVOUR)

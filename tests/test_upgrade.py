@@ -25,8 +25,8 @@ real upgrade.  Two orders:
                    format the old client reads); then the rest is replaced,
                    and new smtp meets connections cached by old smtp.
 
-Old builds: stock 3.10.13 (build/inst/stock), and, when built, an earlier
-build of this series without a context version (build/inst/prev, e.g.
+Old builds: stock 3.10.13 (build/<base>/inst/stock), and, when built, an earlier
+build of this series without a context version (build/<base>/inst/prev, e.g.
 "scripts/build prev=<commit>").  UPGRADE_NEW=<flavour> upgrades to another
 build than "patched" (to show that a build without the fix fails)."""
 
@@ -37,6 +37,7 @@ import time
 
 import pytest
 
+from harness.base import BASE
 from harness.postfix import INST, installed
 from harness.world import wait_for
 
@@ -63,7 +64,7 @@ def install(pf, flavour, programs=None):
 
 
 def exe_flavour(pid):
-    """The build whose program a process runs: build/inst/<flavour>/..."""
+    """The build whose program a process runs: build/<base>/inst/<flavour>/..."""
     try:
         exe = os.readlink("/proc/%d/exe" % pid)
     except OSError:
@@ -88,10 +89,10 @@ def with_max_use_one(pf):
 @pytest.mark.parametrize("old", OLD)
 def test_upgrade_in_place(world, old, level, order):
     if not installed(old):
-        pytest.skip("build/inst/%s is not built (scripts/build %s=<commit>)"
-                    % (old, old))
+        pytest.skip("build/%s/inst/%s is not built (BASE=%s scripts/build %s=<commit>)"
+                    % (BASE, old, BASE, old))
     if not installed(NEW):
-        pytest.fail("build/inst/%s is not built" % NEW)
+        pytest.fail("build/%s/inst/%s is not built" % (BASE, NEW))
     if old == "prev" and order == "tlsproxy-first":
         pytest.skip("an smtp(8) of an earlier build of the series (no context "
                     "version) cannot read the context that a new tlsproxy(8) "

@@ -9,8 +9,8 @@ sane_basename_test) run too.  src/tlsproxy (and src/scache) have no unit
 tests upstream: their "tests:" target builds nothing and runs nothing, so
 they contribute no cases.
 
-Where it runs: the built tree is build/obj/$UNIT_FLAVOUR ("units" unless
-set; UNIT_TREE=/some/dir overrides the whole path).  build/obj/units is the
+Where it runs: the built tree is build/<base>/obj/$UNIT_FLAVOUR ("units" unless
+set; UNIT_TREE=/some/dir overrides the whole path).  build/<base>/obj/units is the
 patched work tree built for these tests only ("make build-units", part of
 "make check"): the same settings as the installed build plus PCRE
 (-DHAS_PCRE=2, libpcre2-dev) and ICU (EAI, libicu-dev), which the installed
@@ -33,7 +33,7 @@ Excluded (reported as skips with the reason; see EXCLUDED below):
   - unescape_test, whose expected output is BSD od(1)'s, not GNU od's;
   - PCRE map tests and Unicode case-folding tests, only when the tree
     has no PCRE support (no -DHAS_PCRE) or no ICU (-DNO_EAI): never with
-    build/obj/units.
+    build/<base>/obj/units.
 htable_test and binhash_test read /usr/share/dict/words (Debian package
 wamerican) and are skipped when it is missing.
 
@@ -53,8 +53,10 @@ from pathlib import Path
 
 import pytest
 
-TREE = Path(os.environ.get("UNIT_TREE") or Path(__file__).resolve().parents[1]
-            / "build" / "obj" / os.environ.get("UNIT_FLAVOUR", "units"))
+from harness.base import OBJ, make_hint
+
+TREE = Path(os.environ.get("UNIT_TREE")
+            or Path(OBJ) / os.environ.get("UNIT_FLAVOUR", "units"))
 
 DIRS = ["util", "global", "tls", "smtp", "tlsproxy"]
 
@@ -166,7 +168,7 @@ def work_tree():
 
 @pytest.mark.parametrize("directory, target", cases())
 def test_upstream_unit(request, directory, target):
-    assert target is not None, f"no built tree at {TREE}: run 'make build-units'"
+    assert target is not None, f"no built tree at {TREE}: run '{make_hint('build-units')}'"
     reason = exclusion(directory, target)
     if reason:
         pytest.skip(f"{directory}/{target}: {reason}")

@@ -1,7 +1,7 @@
 """A clean Debian system of the package's release, and the Postfix installed
 into it from Debian packages, for the package tests (test_debian_package.py).
 
-The system is a copy of build/chroot/test-<release> (scripts/check-deb made
+The system is a copy of build/<base>/chroot/test-<release> (scripts/check-deb made
 it with debootstrap, plus the packages that the postfix packages depend on),
 writable through an overlay mount whose upper layer is thrown away after
 the test: every test starts from the same clean system, and the host's own
@@ -30,13 +30,13 @@ import signal
 import subprocess
 import time
 
+from .base import BUILD
 from .proc import children_of
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RELEASE = os.environ.get("DEB_RELEASE", "trixie")
 BASE = os.environ.get("DEB_TEST_CHROOT",
-                      os.path.join(TOP, "build", "chroot", "test-" + RELEASE))
-RUN = os.path.join(TOP, "build", "chroot", "run-" + RELEASE)
+                      os.path.join(BUILD, "chroot", "test-" + RELEASE))
+RUN = os.path.join(BUILD, "chroot", "run-" + RELEASE)
 
 LOG = "/var/log/postfix-tlsreuse-test.log"
 CA_DIR = "/usr/local/share/ca-certificates"

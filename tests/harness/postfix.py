@@ -1,9 +1,10 @@
 """Private Postfix instances made from a tree built by scripts/build.
 
-One installation (build/inst/<flavour>) serves any number of instances.  An
-instance has its own config, queue and data directories under its base
-directory, logs through postlogd to <base>/maillog, and listens only on the
-loopback addresses that its master.cf names.  The default "smtp inet" service
+One installation (build/$BASE/inst/<flavour>, BASE being the series:
+harness/base.py) serves any number of instances.  An instance has its own
+config, queue and data directories under its base directory, logs through
+postlogd to <base>/maillog, and listens only on the loopback addresses that
+its master.cf names.  The default "smtp inet" service
 is removed so that instances never fight over 127.0.0.1:25.
 
     pf = Postfix("sender", base, flavour="patched")
@@ -20,10 +21,8 @@ import signal
 import subprocess
 import time
 
+from .base import INST, TOP, make_hint  # noqa: F401 (TOP: for the tests)
 from .proc import children_of
-
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-INST = os.path.join(TOP, "build", "inst")
 
 # maillog_file lines: "<time> <host> <ident>[<pid>]: <text>"
 LOG_RE = re.compile(r"^(\S+(?: +\S+ +\S+)?) \S+ ([^\s\[]+)\[(\d+)\]: (.*)$")
@@ -41,8 +40,9 @@ class Postfix:
         self.flavour = flavour
         self.inst = os.path.join(INST, flavour)
         if not installed(flavour):
-            raise RuntimeError("Postfix %s is not built: run 'make build%s'"
-                               % (flavour, "" if flavour == "patched" else "-stock"))
+            raise RuntimeError("Postfix %s is not built: run '%s'"
+                               % (flavour, make_hint("build" if flavour == "patched"
+                                                     else "build-stock")))
         self.base = base
         self.conf = os.path.join(base, "etc")
         self.queue = os.path.join(base, "queue")

@@ -1,6 +1,6 @@
 """A test world: one directory, one test CA, a sender and its receivers.
 
-    with World("test_name") as w:           # build/run/test_name/, cleaned first
+    with World("test_name") as w:           # build/<base>/run/test_name/, cleaned first
         r = w.postfix_receiver("r1", ["127.0.0.10"], store=True)
         s = w.sender(routes={"d1.test": "[127.0.0.10]:25"}, reuse=True)
         w.start()
@@ -10,7 +10,7 @@ Everything a World starts is stopped when the with-block ends, pass or fail.
 Files stay for post-mortem reading in a short directory under $PFX_RUN_ROOT
 (default /tmp/pfx-run: Postfix commands use UNIX-domain socket paths below
 the queue directory, limited to about 100 bytes), linked from
-build/run/<name>.
+build/<base>/run/<name> (harness/base.py).
 """
 
 import hashlib
@@ -20,18 +20,19 @@ import smtplib
 import socket
 import time
 
+from .base import BASE, RUN
 from .pki import TestCA
-from .postfix import Postfix, TOP
+from .postfix import Postfix
 from .receivers import PostfixReceiver, AioReceiver
 from . import mailgen
 
-RUN = os.path.join(TOP, "build", "run")
 SHORT_ROOT = os.environ.get("PFX_RUN_ROOT", "/tmp/pfx-run")
 
 
 def short_dir(name):
-    """A short directory for a world's files, unique per test name."""
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    """A short directory for a world's files, unique per test name and base
+    (the same test of the two series never shares one)."""
+    digest = hashlib.sha1(("%s/%s" % (BASE, name)).encode()).hexdigest()[:8]
     return os.path.join(SHORT_ROOT, "%s-%s" % (name[:24].rstrip("-_"), digest))
 
 
