@@ -28,6 +28,15 @@ from .proc import children_of
 LOG_RE = re.compile(r"^(\S+(?: +\S+ +\S+)?) \S+ ([^\s\[]+)\[(\d+)\]: (.*)$")
 
 
+def installed_compatibility_level(inst):
+    """The compatibility_level that the main.cf of an installation sets."""
+    with open(os.path.join(inst, "etc", "postfix", "main.cf")) as f:
+        for line in f:
+            if line.startswith("compatibility_level"):
+                return line.split("=", 1)[1].strip()
+    raise RuntimeError("%s/etc/postfix/main.cf sets no compatibility_level" % inst)
+
+
 def installed(flavour):
     return os.path.exists(os.path.join(INST, flavour, "sbin", "postfix"))
 
@@ -54,7 +63,11 @@ class Postfix:
         # A file to see as /etc/resolv.conf, or None for the host's (dns.py).
         self.resolv_conf = None
         self.main = {
-            "compatibility_level": "3.10",
+            # The level that the build's own main.cf sets, as for a new
+            # installation of that release (3.10 on the stable series, 3.12
+            # on the development series: there smtp_tls_security_level is
+            # "may" by default).  Tests that depend on a default say so.
+            "compatibility_level": installed_compatibility_level(self.inst),
             "queue_directory": self.queue,
             "data_directory": self.data,
             "mail_owner": "postfix",
