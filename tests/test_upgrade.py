@@ -25,7 +25,9 @@ real upgrade.  Two orders:
                    format the old client reads); then the rest is replaced,
                    and new smtp meets connections cached by old smtp.
 
-Old builds: stock 3.10.13 (build/<base>/inst/stock), and, when built, an earlier
+Old builds: stock Postfix of the same base (build/<base>/inst/stock: 3.10.13
+for the stable series, 3.12-20260821 for the development series, whose own
+TLS context already differs from 3.10's), and, when built, an earlier
 build of this series without a context version (build/<base>/inst/prev, e.g.
 "scripts/build prev=<commit>").  UPGRADE_NEW=<flavour> upgrades to another
 build than "patched" (to show that a build without the fix fails)."""
@@ -96,7 +98,8 @@ def test_upgrade_in_place(world, old, level, order):
     if old == "prev" and order == "tlsproxy-first":
         pytest.skip("an smtp(8) of an earlier build of the series (no context "
                     "version) cannot read the context that a new tlsproxy(8) "
-                    "sends to unversioned clients (the Postfix 3.10 format); "
+                    "sends to unversioned clients (the format of stock Postfix "
+                    "of the same base); "
                     "documented: stop Postfix to upgrade from such a build")
 
     r = world.postfix_receiver("r1", ["127.0.0.10"], store=True)
