@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.base import WORKTREE
+from harness.base import BASE, STABLE_BASE, WORKTREE
 from harness.world import wait_for
 
 SPACING = 3
@@ -199,3 +199,29 @@ def test_release_notes_name_the_accepted_policy_attribute():
         text = f.read()
     assert '"connection_reuse=yes" in smtp_tls_policy_maps' in text
     assert not re.search(r'"tls_connection_reuse=yes"', text)
+
+
+def test_stable_series_documents_itself_as_a_backport():
+    """The stable series is a backport to a stable release: 3.10.13's
+    RELEASE_NOTES stay as released, the series' notes are in
+    RELEASE_NOTES-3.10-tls-reuse, and no text that it adds (HISTORY aside)
+    claims an upstream version ("Postfix 3.12 and later", "before version
+    3.12") for its changes."""
+    if BASE != STABLE_BASE:
+        pytest.skip("the development series documents itself in upstream's form")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", WORKTREE] + list(args), check=True,
+                              capture_output=True, text=True, errors="replace").stdout
+
+    assert git("diff", "--name-only", "upstream", "HEAD", "--", "RELEASE_NOTES") == ""
+    with open(os.path.join(WORKTREE, "RELEASE_NOTES-3.10-tls-reuse")) as f:
+        notes = f.read()
+    assert notes.startswith("This is not an upstream Postfix release.\n")
+    assert "[Incompatible change]" in notes and "[Security]" in notes
+    added = [l for l in git("diff", "upstream", "HEAD", "--", ".", ":!HISTORY").splitlines()
+             if l.startswith("+") and not l.startswith("+++")]
+    claims = [l for l in added if re.search(
+        r"(Postfix|version) 3\.1[12] (and|or) later|[Bb]efore (Postfix |version )?3\.1[12]"
+        r"|Postfix (version )?3\.1[12] and", l)]
+    assert claims == []
