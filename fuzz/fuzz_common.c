@@ -126,7 +126,11 @@ const FUZZ_CODEC fuzz_codec_plain = {
 
 /* fuzz_msg_trap - turn msg_fatal() and msg_panic() into a crash */
 
+#ifdef HAS_MSG_OUTPUT_PUSH
+static void fuzz_msg_trap(int level, const char *text, void *unused_context)
+#else
 static void fuzz_msg_trap(int level, const char *text)
+#endif
 {
     if (level >= MSG_FATAL) {
 	fprintf(stderr, "fuzz: %s reached on fuzzer input: %s\n",
@@ -146,7 +150,11 @@ void    fuzz_init(void)
     done = 1;
     if (getenv("FUZZ_VERBOSE") != 0)
 	msg_vstream_init("fuzz", VSTREAM_ERR);
+#ifdef HAS_MSG_OUTPUT_PUSH
+    msg_output_push(fuzz_msg_trap, (void *) 0);	/* Postfix 3.12 and later */
+#else
     msg_output(fuzz_msg_trap);
+#endif
 }
 
 /* fuzz_open - input as a memory stream */

@@ -132,9 +132,14 @@ static void client_params(TLS_CLIENT_PARAMS *params)
     params->tls_tkt_cipher = DEF_TLS_TKT_CIPHER;
     params->tls_daemon_rand_bytes = DEF_TLS_DAEMON_RAND_BYTES;
     params->tls_append_def_CA = DEF_TLS_APPEND_DEF_CA;
+#ifdef DEF_TLS_BC_PKEY_FPRINT			/* Postfix 3.10 */
     params->tls_bc_pkey_fprint = DEF_TLS_BC_PKEY_FPRINT;
+#endif
     params->tls_preempt_clist = DEF_TLS_PREEMPT_CLIST;
     params->tls_multi_wildcard = DEF_TLS_MULTI_WILDCARD;
+#ifdef DEF_TLS_FAST_SHUTDOWN			/* Postfix 3.12 */
+    params->tls_fast_shutdown = DEF_TLS_FAST_SHUTDOWN;
+#endif
 }
 
 /* client_init - TLS_CLIENT_INIT_PROPS as smtp(8) makes them */
@@ -182,6 +187,12 @@ static void client_start(TLS_CLIENT_START_PROPS *props, int level,
     props->mdalg = "sha256";
     props->dane = dane;
     props->ffail_type = 0;
+#ifdef HAS_TLS_TRACE				/* Postfix 3.12 */
+    props->log_param = "smtp_tls_loglevel";
+    props->log_level = "1";
+    props->trace_size_limit = 102400;
+    props->trace_peer = "192.0.2.25";
+#endif
 }
 
 /* make_dane - TLS_DANE with a DANE-EE and a DANE-TA record */
