@@ -14,11 +14,11 @@ upstream gets wrong.  Stock expectations are asserted, so that the test
 shows the difference and fails if either build changes behaviour.
 """
 
-import re
 import time
 
 import pytest
 
+from harness.base import POSTFIX_VERSION
 from harness.pki import TestCA
 from harness.world import wait_for
 
@@ -158,3 +158,62 @@ def test_equivalent_policies_share_across_nexthops(world, flavour):
     assert len(s.grep(r"^Verified TLS connection established")) >= 1
     assert c.handshakes == (1 if flavour == "patched" else 2), c
     assert not s.grep(r"not reusing")
+
+
+class LookupCounter:
+    """A tcp_table(5) server that answers every query with a fixed value
+    and counts the queries."""
+
+    def __init__(self, value):
+        import socketserver
+        import threading
+        counter = self
+        self.queries = []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                for line in self.rfile:
+                    key = line.decode().strip()
+                    counter.queries.append(key)
+                    self.wfile.write(b"200 %s\n" % value.encode())
+                    self.wfile.flush()
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.running = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.skipif(POSTFIX_VERSION.startswith("3.10"),
+                    reason="smtp_tls_loglevel_maps arrived in Postfix 3.11: "
+                    "not part of the %s base" % POSTFIX_VERSION)
+def test_log_level_maps_not_queried_for_cache_lookup_keys(world):
+    """smtp_tls_loglevel_maps sets the TLS log level of a handshake; the log
+    level is not part of the TLS policy, so computing the connection cache
+    lookup keys of a delivery does not query it.  Five messages 2 s apart
+    over one connection: the map is queried for the one handshake only
+    (the in-process engine's and tlsproxy's requests), not for each
+    delivery, and its log level still takes effect."""
+    n = 5
+    maps = LookupCounter("2")
+    world.things.append(maps)
+    r = world.postfix_receiver("r1", [ADDR], cert=world.cert("mx-r1"))
+    s = world.sender({"a.test": WEAK}, reuse=True,
+                     smtp_tls_loglevel_maps="tcp:127.0.0.1:%d" % maps.port)
+    world.start()
+    world.send(s, "user@a.test", n=n, spacing=2)
+    wait_for(lambda: r.counts().messages >= n, 60, "%d messages" % n)
+    c = r.counts()
+    assert c.handshakes == 1, c
+    assert s.grep(r"SSL_connect:"), "smtp_tls_loglevel_maps did not take effect"
+    # Each handshake queries the hostname and the address at most twice
+    # (the smtp(8) process and the tlsproxy(8) request).
+    assert 1 <= len(maps.queries) <= 4 * c.handshakes, maps.queries
