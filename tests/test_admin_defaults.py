@@ -57,28 +57,44 @@ def test_reuse_yes_alone_stock_defers_everything(world):
 @pytest.mark.parametrize("flavour", ["patched", "stock"])
 @pytest.mark.parametrize("level", ["encrypt", "may"])
 def test_tlsproxy_unavailable(world, flavour, level):
-    """No tlsproxy service: the patched client says so, and defers at every
-    level; stock says 'handshake failure' and, at level may, falls back to
-    plaintext when it retries the message (after minimal_backoff_time, made
-    short here)."""
+    """No tlsproxy service: the patched client does TLS itself, as with
+    reuse off, over the same connection, delivers every message over TLS
+    without a deferral, and says once per smtp(8) process what is missing;
+    stock says 'handshake failure' and, at level may, falls back to
+    plaintext when it retries the message (after minimal_backoff_time,
+    made short here)."""
+    n = 3
     r = world.postfix_receiver("r1", ["127.0.0.10"])
     s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, level=level,
                      tlsproxy=False, flavour=flavour, minimal_backoff_time="1s",
                      maximal_backoff_time="2s", queue_run_delay="1s")
     world.start()
-    world.send(s, "user@d1.test")
     if flavour == "patched":
-        wait_log_flushing(s, r"status=deferred \(Cannot start TLS: the tlsproxy "
-                          r"service is unavailable\)", count=3)
-        assert s.grep(r"^warning: TLS connection reuse is enabled, but the tlsproxy "
-                      r"service is unavailable: make sure that master.cf has an "
-                      r"entry \"tlsproxy unix - - n - 0 tlsproxy\", and look for "
-                      r"tlsproxy errors in the maillog$")
-        assert r.counts().messages == 0
+        ids = world.send(s, "user@d1.test", n=n, spacing=SPACING)
+        c = r.wait_messages(n)
+        assert (c.messages, c.plaintext_messages, c.handshakes) == (n, 0, n), c
+        wait_for(lambda: len(s.grep(r"status=sent")) >= n, 30, "%d deliveries" % n)
+        assert sorted(r.message_ids()) == sorted(ids)
+        assert not s.grep(r"status=deferred")
+        # Not cached: a connection that this process encrypted itself
+        # cannot be handed to another process.
+        assert s.conn_uses() == []
+        warned = s.grep(r"^warning: 127\.0\.0\.10\[127\.0\.0\.10\]:25: TLS "
+                        r"connection reuse is unavailable: the tlsproxy service "
+                        r"could not take the connection \(see the previous "
+                        r"warning\); this process does TLS itself without "
+                        r"connection reuse\. To reuse TLS connections, make sure "
+                        r"that master\.cf has an entry \"tlsproxy unix - - n - 0 "
+                        r"tlsproxy\", and look for tlsproxy errors in the maillog$")
+        smtps = {pid for ident, pid, _ in s.log_records() if ident.endswith("/smtp")}
+        assert 1 <= len(warned) <= len(smtps), (warned, smtps)
+        assert len(s.grep(r"^warning: connect to private/tlsproxy service")) == len(warned)
     elif level == "encrypt":
+        world.send(s, "user@d1.test")
         s.wait_log(r"status=deferred \(Cannot start TLS: handshake failure\)")
         assert r.counts().messages == 0
     else:
+        world.send(s, "user@d1.test")
         # The plaintext retry comes within the same delivery, or after a
         # deferral ("Cannot start TLS: handshake failure"), depending on
         # timing.

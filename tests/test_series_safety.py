@@ -25,7 +25,8 @@ import pytest
 
 from harness.world import wait_for
 
-ADDR = "127.0.0.14"
+# SERIES_SAFETY_ADDR lets two check-series runs (one per base) run at once.
+ADDR = os.environ.get("SERIES_SAFETY_ADDR", "127.0.0.14")
 WEAK = "[%s]" % ADDR
 STRICT = "[%s]:25" % ADDR
 
