@@ -15,6 +15,13 @@ misbehaving server would do, seen at the TCP level:
     stall_after_starttls   a new connection stops forwarding once the
                            server has answered STARTTLS (handshake stall)
     up_rate = bytes/s      throttle the client's bytes (slow DATA)
+    starttls_reply = "454 ..."  STARTTLS is not forwarded: the relay answers
+                           it with this reply, and the session goes on in
+                           plaintext (a server whose TLS is broken)
+    break_handshake = "close" | "garbage"  the server's 220 reply to
+                           STARTTLS is forwarded, and the client's first TLS
+                           bytes end the connection: closed at once, or
+                           answered with bytes that are not TLS first
 
 A fault applies to connections made while it is set (and, with times=k, to
 the next k connections only).  close_all() and reset_all() end every open
@@ -54,6 +61,7 @@ class Conn:
         self.armed = None           # end at the next client bytes: how
         self.dropped = 0            # client bytes dropped when armed
         self.starttls = False       # client sent STARTTLS
+        self.tls_started = None     # False: STARTTLS sent, no TLS bytes yet
         self.lock = threading.Lock()
 
     def _kill(self, how):
@@ -120,9 +128,27 @@ class Conn:
                     pass
             self._kill("reset" if self.armed == "reset" else "closed")
             return
+        if self.starttls and self.tls_started is False:
+            self.tls_started = True
+            if f.get("break_handshake"):
+                if f["break_handshake"] == "garbage":
+                    try:
+                        self.client.sendall(b"this is not a TLS record\r\n")
+                    except OSError:
+                        pass
+                self._kill("closed")
+                return
         if not self.starttls:
             self.plain += data
             self.starttls = b"STARTTLS\r\n" in self.plain.upper()
+            if self.starttls and f.get("starttls_reply"):
+                # STARTTLS is the last command of its group: answer it
+                # here, and let the session go on in plaintext.
+                self.client.sendall(f["starttls_reply"].encode() + b"\r\n")
+                self.plain, self.starttls = b"", False
+                return
+            if self.starttls:
+                self.tls_started = False
         if f.get("up_rate"):
             time.sleep(len(data) / f["up_rate"])
         self.up += len(data)

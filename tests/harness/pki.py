@@ -62,8 +62,10 @@ class TestCA:
         """SHA-256 of the CA's DER SubjectPublicKeyInfo (TLSA 2 1 1 data)."""
         return Cert("ca", self.key, self.cert, self.cert).spki_sha256()
 
-    def issue(self, name, dns_names, rsa=False, days=30):
-        """Issue a server certificate for dns_names (the first is the CN)."""
+    def issue(self, name, dns_names, rsa=False, days=30, expired=False):
+        """Issue a server certificate for dns_names (the first is the CN);
+        expired: valid for one day a year ago (openssl ca, which can set
+        the dates)."""
         key = os.path.join(self.dir, name + ".key")
         csr = os.path.join(self.dir, name + ".csr")
         crt = os.path.join(self.dir, name + ".pem")
@@ -82,9 +84,12 @@ class TestCA:
                     "extendedKeyUsage=serverAuth\n"
                     "subjectAltName=" + ",".join("DNS:" + n for n in dns_names) + "\n")
         self._serial += 1
-        _openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
-                 "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
-                 "-days", str(days), "-sha256", "-extfile", ext, "-out", crt)
+        if expired:
+            self._issue_expired(name, csr, ext, crt)
+        else:
+            _openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
+                     "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
+                     "-days", str(days), "-sha256", "-extfile", ext, "-out", crt)
         chain = os.path.join(self.dir, name + ".chain.pem")
         with open(chain, "w") as out:
             for part in (key, crt, self.cert):
@@ -93,3 +98,22 @@ class TestCA:
         os.chmod(key, 0o600)
         os.chmod(chain, 0o600)
         return Cert(name, key, crt, chain)
+
+    def _issue_expired(self, name, csr, ext, crt):
+        import time
+        db = os.path.join(self.dir, name + ".ca-db")
+        os.makedirs(db, exist_ok=True)
+        open(os.path.join(db, "index.txt"), "w").close()
+        conf = os.path.join(db, "ca.cnf")
+        with open(conf, "w") as f:
+            f.write("[ca]\ndefault_ca = test\n[test]\n"
+                    "database = %s/index.txt\nnew_certs_dir = %s\nserial = %s/serial\n"
+                    "default_md = sha256\npolicy = any\nunique_subject = no\n"
+                    "[any]\ncommonName = supplied\n" % (db, db, db))
+        year_ago = time.gmtime(time.time() - 365 * 86400)
+        day_after = time.gmtime(time.time() - 364 * 86400)
+        _openssl("ca", "-batch", "-config", conf, "-in", csr, "-cert", self.cert,
+                 "-keyfile", self.key, "-extfile", ext, "-notext",
+                 "-rand_serial", "-out", crt,
+                 "-startdate", time.strftime("%Y%m%d%H%M%SZ", year_ago),
+                 "-enddate", time.strftime("%Y%m%d%H%M%SZ", day_after))
