@@ -18,6 +18,8 @@ from harness.base import BASE, STABLE_BASE, WORKTREE
 from harness.world import wait_for
 
 SPACING = 3
+TLSPROXY_MISSING = ("smtp_tls_connection_reuse = yes, but master.cf has no "
+                    "'tlsproxy unix' service")
 
 
 def test_reuse_yes_alone_reuses_spaced_mail(world):
@@ -135,12 +137,8 @@ def test_postfix_check_warns_without_tlsproxy(world, flavour):
     s = world.sender({"d1.test": "[127.0.0.10]:25"}, reuse=True, tlsproxy=False,
                      flavour=flavour)
     s.prepare()
-    out = subprocess.run([s.cmd("postfix"), "-c", s.conf, "check"],
-                         capture_output=True, text=True)
-    text = out.stdout + out.stderr + s.log_tail(50)
-    warned = ("smtp_tls_connection_reuse = yes, but master.cf has no "
-              "'tlsproxy unix' service" in text)
-    assert warned == (flavour == "patched"), text
+    text = s.check_output()
+    assert (TLSPROXY_MISSING in text) == (flavour == "patched"), text
 
 
 def test_cache_time_above_ttl_cap_warns(world):

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from harness.base import POSTFIX_VERSION
+from test_admin_defaults import TLSPROXY_MISSING
 from harness.world import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -123,9 +124,5 @@ def test_postfix_check_evaluates_the_default(world, level):
     s = installed_sender(world, "patched", tlsproxy=False,
                          compatibility_level=level)
     s.prepare()
-    out = subprocess.run([s.cmd("postfix"), "-c", s.conf, "check"],
-                         capture_output=True, text=True)
-    text = out.stdout + out.stderr + s.log_tail(50)
-    warned = ("smtp_tls_connection_reuse = yes, but master.cf has no "
-              "'tlsproxy unix' service" in text)
-    assert warned == (level == "3.12"), text
+    text = s.check_output()
+    assert (TLSPROXY_MISSING in text) == (level == "3.12"), text

@@ -185,6 +185,12 @@ class Postfix:
                     self.resolv_conf] + argv
         return subprocess.run(argv, check=check, capture_output=True, text=True)
 
+    def check_output(self):
+        """What "postfix check" says (its output and the log lines it
+        adds), for a prepared, not necessarily running, instance."""
+        out = self._postfix("check", check=False)
+        return out.stdout + out.stderr + self.log_tail(50)
+
     def master_pid(self):
         """The running master's PID: from its pid file, or as remembered
         at start-up (the file may be gone when the directory was removed)."""
