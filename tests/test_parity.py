@@ -104,11 +104,17 @@ def outcome(s, r, ids):
     got = [i for i in r.accepted_ids() if i in ids]
     assert len(got) == len(set(got)), "duplicates: %s" % got
     c = r.counts()
+    # Each message's last status in the sender's log (the queue itself is
+    # a moving target while retries run: showq may list a file that qmgr
+    # moves between queues twice, or not at all).
+    last = {}
+    for t in s.grep(r"status=(sent|bounced|deferred)", ident="smtp"):
+        last[t.split(":", 1)[0]] = re.search(r"status=(\w+)", t).group(1)
     return {
         "delivered": c.messages,
         "plaintext": c.plaintext_messages,
-        "deferred": len(s.queued()),
-        "bounced": len(s.grep(r"status=bounced", ident="smtp")),
+        "deferred": sum(v == "deferred" for v in last.values()),
+        "bounced": sum(v == "bounced" for v in last.values()),
         "warnings": warnings(s),
     }
 
