@@ -219,3 +219,72 @@ def test_log_level_maps_not_queried_for_cache_lookup_keys(world, reuse):
     # hostname): not per delivery, and not again for an in-process
     # handshake that a proxied one does not make.
     assert len(maps.queries) == c.handshakes, maps.queries
+
+
+# A weaker policy ("may", "encrypt") may use a connection that was made under
+# a stronger one, when the two have the same ciphers, exclusions, SNI and
+# client certificate, and the TLS session meets the weaker policy; never the
+# other way.  (id, strong policy, weak policy, the weak message rides the
+# strong connection?)  The receiver negotiates TLS 1.3 by default.
+STRONGER = [
+    ("secure-may", "secure match=mx-r1.test", "may", True),
+    ("verify-may", "verify match=mx-r1.test", "may", True),
+    ("verify-encrypt", "verify match=mx-r1.test", "encrypt", True),
+    ("fingerprint-may", "fingerprint match={fp}", "may", True),
+    ("encrypt-may", "encrypt", "may", True),
+    ("protocols", "secure match=mx-r1.test", "may protocols=<=TLSv1.2", False),
+    ("ciphers", "secure match=mx-r1.test ciphers=high", "may", False),
+    ("exclude", "secure match=mx-r1.test exclude=AES256", "may", False),
+    ("servername", "secure match=mx-r1.test servername=mx-r1.test", "may", False),
+    ("servername-same", "secure match=mx-r1.test servername=mx-r1.test",
+     "may servername=mx-r1.test", True),
+]
+
+
+# Strong first, every pair; weak first, the pairs whose weak message rides
+# (the others differ in what both directions need in common).
+STRONGER_RUNS = ([(p, "strong-first") for p in STRONGER]
+                 + [(p, "weak-first") for p in STRONGER if p[3]])
+
+
+@pytest.mark.parametrize("pair,order", STRONGER_RUNS,
+                         ids=["%s-%s" % (p[0], o) for p, o in STRONGER_RUNS])
+def test_weaker_policy_rides_stronger_connection(world, pair, order):
+    """Three messages 2 s apart, the first and the last under the same
+    policy.  Strong first: the weak message rides the strong connection
+    when the table says so, and the connection then goes back to the
+    strong policy, whose last message finds it.  Weak first: the strong
+    message never rides the weak connection."""
+    name, strong, weak, rides = pair
+    cert = world.cert("mx-r1")
+    strong = strong.format(fp=cert.fingerprint("sha256"))
+    r = world.postfix_receiver("r1", [ADDR], cert=cert)
+    s = world.sender({"weak.test": WEAK, "strict.test": STRICT}, reuse=True,
+                     default_destination_concurrency_failed_cohort_limit=10)
+    s.main["smtp_tls_policy_maps"] = s.write_table("tls_policy", {
+        WEAK: weak, STRICT: strong})
+    world.start()
+
+    first, second = ("strict", "weak") if order == "strong-first" else ("weak", "strict")
+    ids = []
+    for i, kind in enumerate([first, second, first]):
+        if i:
+            time.sleep(2)
+        [msgid] = world.send(s, "user@%s.test" % kind, tag="%s-%d" % (kind, i))
+        wait_for(lambda: receiver_connection_of(r, msgid), 30,
+                 "message %d (%s)\n%s" % (i, kind, s.log_tail()))
+        ids.append(msgid)
+    conns = [receiver_connection_of(r, m) for m in ids]
+    c = r.counts()
+    assert c.messages == 3 and c.plaintext_messages == 0, c
+    # The first policy's connection is found again by its third message.
+    assert conns[2] == conns[0], "the %s connection was not kept\n%s" % (
+        first, s.log_tail())
+    if order == "strong-first" and rides:
+        assert conns[1] == conns[0], "the weak message did not ride\n" + s.log_tail()
+        assert c.handshakes == 1, c
+        s.wait_log(r"to=<user@strict\.test>.*conn_use=3.*status=sent", timeout=30)
+    else:
+        assert conns[1] != conns[0], "%s rode %s's connection" % (second, first)
+        assert c.handshakes == 2, c
+    assert not s.grep(r"warning|panic|fatal"), s.log_tail()

@@ -26,6 +26,16 @@ Quirks of real servers, for tests:
                              same write, by this unsolicited line
     --pipelining             announce PIPELINING (aiosmtpd reads commands
                              one line at a time, so pipelined input works)
+    --max-messages N         after N messages on a connection, the next MAIL
+                             FROM closes the connection without a reply (as
+                             Yahoo's servers do after 20 messages)
+    --max-session SECONDS    end a session that has lasted this long: when it
+                             is idle, with an unsolicited "421 4.4.2" and a
+                             close; in a mail transaction, with that reply to
+                             the next command after the transaction (servers
+                             such as Microsoft's end sessions after about 20
+                             minutes)
+    Both log {"ev": "limit", "conn": n, "what": "messages"|"session"}.
 """
 
 import argparse
@@ -96,14 +106,51 @@ class PipeliningRecorder(Recorder):
 
 class Counting:
     rset_reply = None
+    max_messages = 0
+    max_session = 0
 
     def connection_made(self, transport):
         if self._original_transport is None:
             self.conn_id = next(counter)
+            self.messages = 0
+            self.session_over = False
             self.event_handler.emit(ev="connect", conn=self.conn_id)
+            if self.max_session:
+                self.loop.call_later(self.max_session, self._session_limit)
         super().connection_made(transport)
 
+    def _limit(self, what, reply=None):
+        self.event_handler.emit(ev="limit", conn=self.conn_id, what=what)
+        if reply:
+            self.transport.write(reply.encode() + b"\r\n")
+        self.transport.close()
+
+    def _session_limit(self):
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.envelope is None or self.envelope.mail_from is None:
+            self._limit("session", "421 4.4.2 Session time limit exceeded")
+        else:
+            self.session_over = True
+
+    async def smtp_MAIL(self, arg):
+        if self.session_over:
+            return self._limit("session", "421 4.4.2 Session time limit exceeded")
+        if self.max_messages and self.messages >= self.max_messages:
+            return self._limit("messages")
+        return await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg):
+        r = await super().smtp_DATA(arg)
+        self.messages += 1
+        return r
+
     async def smtp_RSET(self, arg):
+        if self.session_over:
+            return self._limit("session", "421 4.4.2 Session time limit exceeded")
+        return await self._rset(arg)
+
+    async def _rset(self, arg):
         if self.rset_reply is None:
             self.event_handler.emit(ev="rset", conn=self.conn_id, reply="250")
             return await super().smtp_RSET(arg)
@@ -141,8 +188,12 @@ def main():
     ap.add_argument("--data-extra", default=None)
     ap.add_argument("--lmtp", action="store_true")
     ap.add_argument("--pipelining", action="store_true")
+    ap.add_argument("--max-messages", type=int, default=0)
+    ap.add_argument("--max-session", type=float, default=0)
     args = ap.parse_args()
     Counting.rset_reply = args.rset_reply
+    Counting.max_messages = args.max_messages
+    Counting.max_session = args.max_session
     proto = CountingLMTP if args.lmtp else CountingSMTP
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

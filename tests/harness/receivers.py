@@ -219,7 +219,8 @@ class PostfixReceiver(Postfix):
 class AioReceiver:
     def __init__(self, name, base, address, cert, port=25, min_tls="TLSv1.2",
                  max_tls="TLSv1.3", reject_rcpt=None, rset_reply=None,
-                 mail_reply=None, data_extra=None, lmtp=False, pipelining=False):
+                 mail_reply=None, data_extra=None, lmtp=False, pipelining=False,
+                 max_messages=0, max_session=0):
         self.name = name
         self.base = base
         self.address = address
@@ -244,6 +245,10 @@ class AioReceiver:
             self.args += ["--lmtp"]
         if pipelining:
             self.args += ["--pipelining"]
+        if max_messages:
+            self.args += ["--max-messages", str(max_messages)]
+        if max_session:
+            self.args += ["--max-session", str(max_session)]
         self.proc = None
         os.makedirs(base, exist_ok=True)
 
