@@ -472,6 +472,12 @@ class ConnectionPeaks:
     def total(self):
         return sum(self.peak.values())
 
+    def highest(self):
+        """The peak at the busiest receiver address: what a receiver that
+        limits connections per sending IP (Microsoft's "451 4.7.652 ...
+        exceeded the maximum number of connections") sees."""
+        return max(self.peak.values()) if self.peak else 0
+
 
 # -- logs ---------------------------------------------------------------
 
@@ -634,6 +640,7 @@ def run_one(wl, flavour, reuse, run, log):
             "connections": c.connections, "handshakes": c.handshakes,
             "resumed": c.resumed,
             "peak_connections": peaks.total(),
+            "peak_connections_one_address": peaks.highest(),
             "peak_connections_by_address": peaks.peak if len(wl.addresses) <= 10 else None,
             "elapsed": elapsed,
             "injection_seconds": inj.done - t0 if inj.done else None,
@@ -712,6 +719,7 @@ def figures(r):
     return {
         "handshakes": per_k(r["handshakes"]),
         "handshake_floor": per_k(r.get("peak_connections")),
+        "peak_address": r.get("peak_connections_one_address"),
         "connections": per_k(r["connections"]),
         "msgs": n / r["elapsed"] if r["elapsed"] > 0 else None,
         "cpu_sender": per_k(r["cpu_sender"]),
@@ -725,6 +733,7 @@ def figures(r):
 COLUMNS = [
     ("handshakes", "TLS handshakes /1000 msg", "%.0f"),
     ("handshake_floor", "peak concurrent connections /1000 msg", "%.0f"),
+    ("peak_address", "peak concurrent connections at one receiver address", "%.0f"),
     ("connections", "TCP connections /1000 msg", "%.0f"),
     ("msgs", "msg/s", "%.1f"),
     ("cpu_sender", "sender CPU s /1000 msg", "%.1f"),
