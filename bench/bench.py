@@ -2,7 +2,11 @@
 """make bench: stock and patched Postfix, TLS connection reuse off and on.
 
     /usr/bin/python3 bench/bench.py [--quick] [--repeat N] [--workloads W1,W3]
-                                    [--out DIR]
+                                    [--out DIR] [--patched NAME]
+
+--patched NAME runs the patched configurations with build/<base>/inst/NAME
+(for example an earlier state of the series, "scripts/build NAME=REV"), so
+that two states of the series can be compared, each beside stock.
 
 Five sender configurations run the same workloads against the same kind of
 receivers, one after the other on this machine:
@@ -107,6 +111,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # any TLS.
 CONFIGS = [("stock", False), ("stock", True), ("patched", False), ("patched", True),
            ("stock", None)]
+
+
+# The installation that the "patched" configurations run (--patched NAME:
+# build/<base>/inst/NAME, for example an earlier state of the series built
+# with "scripts/build NAME=REV", for an A/B of patches with the same
+# labels and stock beside it).
+PATCHED = {"name": "patched"}
+
+
+def inst_name(flavour):
+    return PATCHED["name"] if flavour == "patched" else flavour
 
 
 def config_label(flavour, reuse):
@@ -548,10 +563,11 @@ def run_one(wl, flavour, reuse, run, log):
     name = "bench-%s-%s-reuse-%s-%d" % (wl.key.lower(), flavour, "on" if reuse else "off",
                                         run)
     label = config_label(flavour, reuse)
-    with World(name, flavour=flavour) as w:
+    with World(name, flavour=inst_name(flavour)) as w:
         rcv = w.postfix_receiver("mx", wl.addresses)
         snd = w.sender(wl.routes(), reuse=bool(reuse),
-                       level="none" if reuse is None else "encrypt", flavour=flavour,
+                       level="none" if reuse is None else "encrypt",
+                       flavour=inst_name(flavour),
                        tuned=False, tlsproxy=True if flavour == "stock" else None,
                        smtp_tls_CAfile="")
         # Started in this order, stopped in the reverse: sender first.
@@ -1045,9 +1061,10 @@ def machine_info():
         "openssl": command_output(["openssl", "version"]),
         "project_commit": command_output(["git", "-C", TOP, "rev-parse", "--short", "HEAD"]),
         "loadavg": os.getloadavg(),
+        "patched_installation": PATCHED["name"],
     }
     for flavour in ("stock", "patched"):
-        postconf = os.path.join(INST, flavour, "sbin", "postconf")
+        postconf = os.path.join(INST, inst_name(flavour), "sbin", "postconf")
         info["postfix_" + flavour] = command_output([postconf, "-d", "mail_version"])
     return info
 
@@ -1069,6 +1086,9 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="small message counts (CI, about 4 minutes)")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC time>)")
+    ap.add_argument("--patched", default="patched", metavar="NAME",
+                    help="installation for the patched configurations "
+                         "(build/<base>/inst/NAME; default patched)")
     ap.add_argument("--workloads", default="W1,W2,W3,W4,W5",
                     help="comma-separated subset of W1,W2,W3,W4,W5,W6 (W5: w5_wan.py; W6: w6_many.py, not in the default set: make w6)")
     ap.add_argument("--repeat", type=int, metavar="N",
@@ -1077,6 +1097,7 @@ def main():
     ap.add_argument("--rechart", metavar="DIR",
                     help="only redraw DIR/chart.png from DIR/results.json")
     args = ap.parse_args()
+    PATCHED["name"] = args.patched
 
     if args.rechart:
         outdir = os.path.abspath(args.rechart)
@@ -1091,7 +1112,7 @@ def main():
         return
 
     for flavour in ("stock", "patched"):
-        if not installed(flavour):
+        if not installed(inst_name(flavour)):
             sys.exit("Postfix %s is not installed under build/%s/inst: run '%s'"
                      % (flavour, BASE, make_hint("build" if flavour == "patched"
                                                  else "build-stock")))
@@ -1156,6 +1177,9 @@ def main():
         table += "\n" + w5["markdown"] + "\n"
     with open(os.path.join(outdir, "results.md"), "w") as f:
         f.write("# Postfix TLS connection reuse bench (%s)\n\n" % info["mode"])
+        if PATCHED["name"] != "patched":
+            f.write("The patched configurations run build/%s/inst/%s.\n\n"
+                    % (BASE, PATCHED["name"]))
         f.write("%s; %d CPUs, %s; kernel %s; %s; Postfix stock %s / patched %s.\n"
                 "Sender: TLS level encrypt, no CAfile, Postfix's default connection cache "
                 "settings; receivers: one stock Postfix instance per run.\n"
