@@ -176,6 +176,13 @@ def test_tlsproxy_killed_during_handshake(world, level):
     p.set(times=1, stall_after_starttls=True)
     ids = world.send(s, "user@f.test", n=1)
     wait_for(lambda: p.conns and p.conns[0].stalled, 30, "a stalled handshake")
+    # Kill tlsproxy only once it has taken the connection ("CONNECT to"):
+    # a tlsproxy killed while master is still starting it never takes the
+    # connection, master throttles the service, smtp(8) does TLS itself
+    # over the same (stalled) connection, and that times out as it would
+    # without reuse: a different fault.
+    wait_for(lambda: s.grep(r"CONNECT to \[%s\]:25" % PROXY, ident="tlsproxy"),
+             30, "tlsproxy taking the connection\n" + s.log_tail(20))
     kill(s, "tlsproxy")
     row = settle(s, r, ids)
     assert row["deferrals"] == 0, s.log_tail(40)
