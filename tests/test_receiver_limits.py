@@ -16,6 +16,8 @@ Messages are spaced 2 s apart (a burst would be reused by qmgr's on-demand
 caching whatever TLS reuse does); counts are taken at the receiver.
 """
 
+import time
+
 import pytest
 
 from harness.mailgen import header
@@ -71,3 +73,36 @@ def test_session_time_limit(world):
     assert 3 <= c.connections < n, c
     assert c.plaintext_messages == 0
     assert not s.grep(r"status=(deferred|bounced)"), s.log_tail()
+
+
+def test_idle_connections_do_not_add_to_a_servers_connections(world):
+    """Receivers that limit connections per client IP address (Microsoft's
+    "451 4.7.652 ... exceeded the maximum number of connections") must see
+    no more with reuse on than with reuse off.  Two domains on one server
+    with TLS policies that cannot share a connection (different cipher
+    grades): without reuse, one connection at a time; with reuse, the
+    connection cached for one domain stays open while the other domain's
+    delivery opens its own, unless smtp(8) closes the idle one first."""
+    a, b = "[%s]:25" % ADDR, "[%s]" % ADDR
+    r = world.aio_receiver("r1", ADDR)
+    s = world.sender({"a.limits.test": a, "b.limits.test": b}, reuse=True)
+    s.main["smtp_tls_policy_maps"] = s.write_table("tls_policy", {
+        a: "encrypt ciphers=high", b: "encrypt ciphers=medium"})
+    world.start()
+    ids = []
+    for i, d in enumerate(["a", "b", "a", "b"]):
+        if i:
+            time.sleep(2)
+        ids += world.send(s, "user@%s.limits.test" % d, tag=d)
+        wait_for(lambda: len(r.message_events()) > i, 30,
+                 "message %d\n%s" % (i + 1, s.log_tail()))
+    check_once(r, ids)
+    c = r.counts()
+    assert c.plaintext_messages == 0
+    assert not s.grep(r"status=(deferred|bounced)"), s.log_tail()
+    # One connection at a time, as without reuse: each delivery closed the
+    # other policy's idle connection before it made its own.
+    assert r.peak_connections() == 1, [e for e in r._events() if "t" in e]
+    assert c.connections == 4, c
+    assert s.grep(r"closed an idle cached TLS connection that was made "
+                  r"under a different TLS policy"), s.log_tail()

@@ -8,7 +8,8 @@ It offers STARTTLS with the given key+certificate chain, stores every message
 as DIR/<n>.eml (bytes as received, CRLF line ends, dots unstuffed), and
 appends one JSON line per event to FILE:
     {"ev": "ready"}
-    {"ev": "connect", "conn": n}
+    {"ev": "connect", "conn": n, "t": time.monotonic()}
+    {"ev": "close", "conn": n, "t": time.monotonic()}
     {"ev": "tls", "conn": n, "version": ..., "cipher": ..., "resumed": bool}
     {"ev": "message", "conn": n, "tls": bool, "file": ..., "size": ...}
     {"ev": "rset", "conn": n, "reply": ...}
@@ -45,6 +46,7 @@ import json
 import os
 import signal
 import ssl
+import time
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
@@ -114,10 +116,19 @@ class Counting:
             self.conn_id = next(counter)
             self.messages = 0
             self.session_over = False
-            self.event_handler.emit(ev="connect", conn=self.conn_id)
+            self._conn_closed = False
+            self.event_handler.emit(ev="connect", conn=self.conn_id,
+                                    t=time.monotonic())
             if self.max_session:
                 self.loop.call_later(self.max_session, self._session_limit)
         super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        if not self._conn_closed:
+            self._conn_closed = True
+            self.event_handler.emit(ev="close", conn=self.conn_id,
+                                    t=time.monotonic())
+        super().connection_lost(exc)
 
     def _limit(self, what, reply=None):
         self.event_handler.emit(ev="limit", conn=self.conn_id, what=what)

@@ -291,6 +291,23 @@ class AioReceiver:
                 c.plaintext_messages += not e["tls"]
         return c
 
+    def peak_connections(self, slack=0.5):
+        """The most connections that were open at this receiver at once.  A
+        connection that closed less than slack seconds after another one
+        opened is not counted as open beside it: the receiver sees both in
+        one turn of its event loop, in either order."""
+        opened, closed = {}, {}
+        for e in self._events():
+            if e["ev"] == "connect":
+                opened[e["conn"]] = e["t"]
+            elif e["ev"] == "close":
+                closed[e["conn"]] = e["t"]
+        peak = 0
+        for c, t in opened.items():
+            peak = max(peak, sum(1 for d, u in opened.items()
+                                 if u <= t and closed.get(d, float("inf")) > t + slack))
+        return peak
+
     def rsets(self):
         """The replies that this receiver gave to RSET, in order."""
         return [e["reply"] for e in self._events() if e["ev"] == "rset"]
