@@ -24,6 +24,7 @@ connection_cache_ttl_limit; stock: smtp_connection_cache_time_limit and
 smtp_connection_cache_destinations, which it needs to cache at all).
 
 Configurations, each in a fresh world:
+    stock+off stock 3.12-20260821, smtp_tls_connection_reuse = no
     stock     stock 3.12-20260821, smtp_tls_connection_reuse = yes
     noride    the development series without its last patch: a delivery
               uses only connections made under an equivalent policy
@@ -33,14 +34,19 @@ Configurations, each in a fresh world:
     patched+sni  the same with smtp_tls_servername = hostname: "may" and
               "encrypt" deliveries send the SNI that "dane" sends, and so
               ride DANE connections too
-Counts at the receiver: TLS handshakes, connections, messages, plaintext;
-at the sender: deferred.
+    NAME      any other build, for example noroom (scripts/build
+              noroom=HEAD~1: the series before smtp(8) closed an idle
+              connection of another policy before making a new one)
+Counts at the receiver: TLS handshakes, connections, messages, plaintext,
+and the peak number of established connections at the receiver address
+(sampled every 0.05 s); at the sender: deferred.
 """
 
 import argparse
 import json
 import os
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +57,7 @@ if os.path.join(TOP, "tests") not in sys.path:
 from harness.dns import SIGNED, dns_world, tlsa_ee  # noqa: E402
 from harness.postfix import installed            # noqa: E402
 from harness.world import World, wait_for        # noqa: E402
+from bench import ConnectionPeaks                # noqa: E402
 
 ADDR = "127.0.8.1"
 MX = "mx." + SIGNED
@@ -81,7 +88,7 @@ def run(config, messages, spacing):
         dns.tlsa(MX, tlsa_ee(cert))
         for d, _ in doms:
             dns.mx(d, (10, MX))
-        s = w.sender({d: d for d, _ in doms}, reuse=True, level="may",
+        s = w.sender({d: d for d, _ in doms}, reuse=(extra != "off"), level="may",
                      flavour=flavour, cache_time=CACHE_TIME)
         if "smtp_tls_connection_cache_time_limit" in s.postconf("-d"):
             s.main["smtp_tls_connection_cache_time_limit"] = "%ds" % CACHE_TIME
@@ -91,19 +98,32 @@ def run(config, messages, spacing):
             s.main["smtp_tls_servername"] = "hostname"
         dns.attach(s)
         w.start()
+        peaks = ConnectionPeaks([ADDR])
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peaks.sample()
+                time.sleep(0.05)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t0 = time.time()
-        for i in range(messages):
-            if i:
-                time.sleep(spacing)
-            w.send(s, "user@" + doms[i % len(doms)][0], tag="mixed")
-        wait_for(lambda: len(s.grep(r"status=sent")) >= messages, 180,
-                 "%d messages sent\n%s" % (messages, s.log_tail()))
-        wait_for(lambda: r.counts().messages >= messages, 60, "all received")
-        time.sleep(1)
+        try:
+            for i in range(messages):
+                if i:
+                    time.sleep(spacing)
+                w.send(s, "user@" + doms[i % len(doms)][0], tag="mixed")
+            wait_for(lambda: len(s.grep(r"status=sent")) >= messages, 180,
+                     "%d messages sent\n%s" % (messages, s.log_tail()))
+            wait_for(lambda: r.counts().messages >= messages, 60, "all received")
+            time.sleep(1)
+        finally:
+            done.set()
+            sampler.join()
         c = r.counts()
         return {"config": config, "messages": c.messages,
                 "plaintext": c.plaintext_messages, "handshakes": c.handshakes,
-                "connections": c.connections,
+                "connections": c.connections, "peak": peaks.highest(),
                 "deferred": len(s.grep(r"status=(deferred|bounced)")),
                 "seconds": round(time.time() - t0, 1)}
 
@@ -112,7 +132,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=90)
     ap.add_argument("--spacing", type=float, default=0.5)
-    ap.add_argument("--flavours", default="stock,noride,patched,patched+sni")
+    ap.add_argument("--flavours", default="stock+off,stock,noride,patched,patched+sni")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     rows = []
@@ -122,12 +142,13 @@ def main():
                      "scripts/build noride=HEAD~1)" % (os.environ.get("BASE", "?"), f))
         rows.append(run(f, a.messages, a.spacing))
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["| sender | messages | TLS handshakes | connections | in plaintext | deferred |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| sender | messages | TLS handshakes | connections "
+             "| peak connections at the receiver | in plaintext | deferred |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for x in rows:
-        lines.append("| %s | %d | %d | %d | %d | %d |" % (
+        lines.append("| %s | %d | %d | %d | %d | %d | %d |" % (
             x["config"], x["messages"], x["handshakes"], x["connections"],
-            x["plaintext"], x["deferred"]))
+            x["peak"], x["plaintext"], x["deferred"]))
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

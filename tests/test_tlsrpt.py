@@ -21,7 +21,9 @@ there.  DNS is real (harness/dns.py): four domains in the unsigned zone
 plain.test share one MX host, one receiver address; a.* and b.* publish a
 TLSRPT policy, c.* and d.* do not.  Messages go out 3 s apart (a burst is
 reused through qmgr's on-demand caching whatever the keys say), in the
-order a b a b c d c d; the receiver says which connection carried which
+order a a b b c d c d (b's first delivery finds a's connection cached, does
+not use it, and closes it before it makes its own: one connection to the
+server at a time); the receiver says which connection carried which
 message.  At level "encrypt" all four policies are equivalent; at level
 "secure" (default match strategy: each domain's own name) the receiver's
 certificate names all four, so that without TLSRPT they would share one
@@ -45,7 +47,7 @@ ADDR = "127.0.1.60"
 MX = "mx." + UNSIGNED
 RPT = ["a." + UNSIGNED, "b." + UNSIGNED]         # publish a TLSRPT policy
 PLAIN = ["c." + UNSIGNED, "d." + UNSIGNED]       # publish none
-ORDER = [RPT[0], RPT[1], RPT[0], RPT[1], PLAIN[0], PLAIN[1], PLAIN[0], PLAIN[1]]
+ORDER = [RPT[0], RPT[0], RPT[1], RPT[1], PLAIN[0], PLAIN[1], PLAIN[0], PLAIN[1]]
 SPACING = 3
 
 
