@@ -469,13 +469,19 @@ class ConnectionPeaks:
 
     def sample(self):
         now = {}
+        seen = set()
         try:
             with open("/proc/net/tcp") as f:
                 next(f)
                 for line in f:
                     fields = line.split(None, 4)
-                    # local_address rem_address st; 01 is ESTABLISHED
-                    if fields[3] == "01" and fields[1] in self.want:
+                    # local_address rem_address st; 01 is ESTABLISHED.  The
+                    # kernel produces the table in pieces, while sockets come
+                    # and go: the same connection can appear twice in one
+                    # read, so count each (local, remote) pair once.
+                    if fields[3] == "01" and fields[1] in self.want \
+                            and (fields[1], fields[2]) not in seen:
+                        seen.add((fields[1], fields[2]))
                         a = self.want[fields[1]]
                         now[a] = now.get(a, 0) + 1
         except OSError:
