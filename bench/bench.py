@@ -1100,10 +1100,23 @@ def main():
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="runs per configuration for every workload (default: "
                          "W1 once, W2-W4 three times; --quick: once)")
+    ap.add_argument("--configs", metavar="LABELS",
+                    help="comma-separated subset of the configurations (labels as in "
+                         "results.md, for example \"stock reuse off,patched reuse off,"
+                         "patched reuse on\"); stock reuse off, the base of every "
+                         "ratio, is always run")
     ap.add_argument("--rechart", metavar="DIR",
                     help="only redraw DIR/chart.png from DIR/results.json")
     args = ap.parse_args()
     PATCHED["name"] = args.patched
+    if args.configs:
+        wanted_cfgs = {c.strip() for c in args.configs.split(",") if c.strip()}
+        unknown = wanted_cfgs - {config_label(*c) for c in CONFIGS}
+        if unknown:
+            sys.exit("--configs: unknown %s; known: %s" % (
+                ", ".join(sorted(unknown)), ", ".join(config_label(*c) for c in CONFIGS)))
+        wanted_cfgs.add(config_label("stock", False))
+        CONFIGS[:] = [c for c in CONFIGS if config_label(*c) in wanted_cfgs]
 
     if args.rechart:
         outdir = os.path.abspath(args.rechart)

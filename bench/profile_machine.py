@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/profile_machine.py [--workload W2] [--quick]
                      [--configs "stock reuse off,patched reuse on"] [--out DIR]
+                     [--patched NAME]
 
 callgrind (profile_reuse.py) counts the instructions of three daemons in user
 space; on these machines most of an SMTP delivery's CPU time is in the
@@ -316,9 +317,13 @@ def main():
                     "(default: all five, as in make bench)")
     ap.add_argument("--out", help="results directory (default "
                     "bench/results/machine-profile-<UTC time>)")
+    ap.add_argument("--patched", default="patched", metavar="NAME",
+                    help="installation for the patched configurations "
+                         "(build/<base>/inst/NAME, as bench.py --patched)")
     ap.add_argument("--keep-data", action="store_true",
                     help="keep the perf data files in build/<base>/perf-data/")
     args = ap.parse_args()
+    bench.PATCHED["name"] = args.patched
     if shutil.which("perf") is None:
         sys.exit("perf not found: apt-get install linux-perf")
     wls = [w for w in bench.workloads(args.quick, 1) if w.key == args.workload.upper()]

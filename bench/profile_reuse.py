@@ -4,6 +4,7 @@ under valgrind --tool=callgrind.
 
     /usr/bin/python3 bench/profile_reuse.py [--messages 200] [--flavour patched]
                      [--addresses 2] [--programs smtp,tlsproxy,scache]
+                     [--reuse on|off]
 
 The sender's smtp, tlsproxy and scache programs run through wrappers in a
 daemon directory of its own ("exec valgrind --tool=callgrind ..."); every
@@ -21,6 +22,7 @@ written to bench/results/profile-<UTC time>/profile.md.
 
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
@@ -38,6 +40,10 @@ from harness.world import World, wait_for           # noqa: E402
 ADDRS = ["127.0.3.61", "127.0.3.62"]
 DOMAINS = ["p%d.test" % i for i in range(8)]
 PROGRAMS = ["smtp", "tlsproxy", "scache"]
+# The rest of the sender: the same work with reuse on and off (--programs all).
+# qmgr is not among them: the test harness recognizes a started instance by
+# its qmgr process, which under valgrind has another name.
+OTHERS = ["smtpd", "cleanup", "trivial-rewrite", "postlogd"]
 
 
 def world_layout(n):
@@ -90,7 +96,9 @@ def annotate(files):
 
 # Per program, the function whose inclusive cost is the per-delivery work
 # (the rest is process start-up, configuration and exit).
-SERVICE = {"smtp": "smtp_service", "tlsproxy": "event_loop", "scache": "event_loop"}
+SERVICE = {"smtp": "smtp_service", "tlsproxy": "event_loop", "scache": "event_loop",
+           "smtpd": "smtpd_service", "cleanup": "cleanup_service", "qmgr": "event_loop",
+           "trivial-rewrite": "rewrite_service", "postlogd": "postlogd_service"}
 
 
 def inclusive(files, function):
@@ -113,22 +121,31 @@ def main():
     ap.add_argument("--messages", type=int, default=200)
     ap.add_argument("--flavour", default="patched")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--out", help="results directory (default "
+                    "bench/results/profile-<UTC time>)")
+    ap.add_argument("--reuse", choices=["on", "off"], default="on",
+                    help="smtp_tls_connection_reuse (off: smtp does the TLS itself; "
+                         "compare smtp alone with smtp+tlsproxy+scache of reuse on)")
     ap.add_argument("--addresses", type=int, default=2,
                     help="receiver addresses (default 2; more: one domain each)")
     ap.add_argument("--programs", default=",".join(PROGRAMS),
-                    help="comma-separated subset of %s" % ",".join(PROGRAMS))
+                    help="comma-separated subset of %s, or all (also %s: "
+                    "the whole sender but its master and qmgr)" % (",".join(PROGRAMS), ",".join(OTHERS)))
     args = ap.parse_args()
-    programs = [p for p in PROGRAMS if p in args.programs.split(",")]
+    if args.programs == "all":
+        programs = PROGRAMS + OTHERS
+    else:
+        programs = [p for p in PROGRAMS + OTHERS if p in args.programs.split(",")]
     if not programs:
-        sys.exit("--programs: none of %s" % ",".join(PROGRAMS))
+        sys.exit("--programs: none of %s (or all)" % ",".join(PROGRAMS + OTHERS))
     addrs, domains = world_layout(args.addresses)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results = os.path.join(HERE, "results", "profile-%s" % stamp)
+    results = args.out or os.path.join(HERE, "results", "profile-%s" % stamp)
 
     with World("profile_reuse") as w:
         r = w.postfix_receiver("mx", addrs)
         s = w.sender({d: "[%s]:25" % addrs[i % len(addrs)] for i, d in enumerate(domains)},
-                     reuse=True, flavour=args.flavour, tuned=False,
+                     reuse=(args.reuse == "on"), flavour=args.flavour, tuned=False,
                      smtp_starttls_timeout="120s", smtp_tls_CAfile="")
         outdir = os.path.join(s.base, "callgrind")
         wrap(s, outdir, programs)
@@ -147,27 +164,45 @@ def main():
         os.makedirs(results)
         lines = ["# Callgrind profile of the TLS reuse path (%s)" % args.flavour, "",
                  "%d messages of ~10 KB to %d domains on %d receiver addresses, burst, "
-                 "TLS level encrypt, reuse on; receiver counted %d connections, "
-                 "%d handshakes." % (args.messages, len(domains), len(addrs),
+                 "TLS level encrypt, reuse %s; receiver counted %d connections, "
+                 "%d handshakes." % (args.messages, len(domains), len(addrs), args.reuse,
                                      c.connections, c.handshakes), ""]
+        summary, detail = [], []
         for p in programs:
             files = glob.glob(os.path.join(outdir, "%s.*.out" % p))
             total, funcs, objs = annotate(files)
-            lines += ["## %s: %d processes, %.1f M instructions, %.2f M per message"
-                      % (p, len(files), total / 1e6, total / 1e6 / args.messages), "",
-                      "Of which in %s() (serving requests, not process start-up): "
-                      "%.2f M per message; the rest, %.1f M per process, is start-up, "
-                      "configuration and exit." % (
-                          SERVICE[p], inclusive(files, SERVICE[p]) / 1e6 / args.messages,
-                          (total - inclusive(files, SERVICE[p])) / 1e6 / max(len(files), 1)),
-                      "",
-                      "By object: " + ", ".join("%s %.0f%%" % (o, 100.0 * ir / max(total, 1))
-                                                for o, ir in objs[:6]), "",
-                      "| self Ir (M) | % | function |", "|---:|---:|---|"]
+            service = inclusive(files, SERVICE[p])
+            summary.append((p, len(files), total, service))
+            detail += ["## %s: %d processes, %.1f M instructions, %.2f M per message"
+                       % (p, len(files), total / 1e6, total / 1e6 / args.messages), "",
+                       "Of which in %s() (serving requests, not process start-up): "
+                       "%.2f M per message; the rest, %.1f M per process, is start-up, "
+                       "configuration and exit." % (
+                           SERVICE[p], service / 1e6 / args.messages,
+                           (total - service) / 1e6 / max(len(files), 1)),
+                       "",
+                       "By object: " + ", ".join("%s %.0f%%" % (o, 100.0 * ir / max(total, 1))
+                                                 for o, ir in objs[:6]), "",
+                       "| self Ir (M) | % | function |", "|---:|---:|---|"]
             for name, ir in funcs[:args.top]:
-                lines.append("| %.1f | %.1f | `%s` |" % (ir / 1e6, 100.0 * ir / max(total, 1),
-                                                        name))
-            lines.append("")
+                detail.append("| %.1f | %.1f | `%s` |" % (ir / 1e6, 100.0 * ir / max(total, 1),
+                                                         name))
+            detail.append("")
+        lines += ["| program | processes | M instructions per message | of which serving "
+                  "requests | start-up and exit, M per process |", "|---|---:|---:|---:|---:|"]
+        for p, n, total, service in summary:
+            lines.append("| %s | %d | %.2f | %.2f | %.1f |" % (
+                p, n, total / 1e6 / args.messages, service / 1e6 / args.messages,
+                (total - service) / 1e6 / max(n, 1)))
+        lines += ["| all profiled | %d | %.2f | %.2f | |" % (
+            sum(x[1] for x in summary), sum(x[2] for x in summary) / 1e6 / args.messages,
+            sum(x[3] for x in summary) / 1e6 / args.messages), ""] + detail
+        with open(os.path.join(results, "results.json"), "w") as f:
+            json.dump({"messages": args.messages, "addresses": len(addrs),
+                       "reuse": args.reuse, "flavour": args.flavour,
+                       "connections": c.connections, "handshakes": c.handshakes,
+                       "programs": {p: {"processes": n, "ir": total, "service_ir": service}
+                                    for p, n, total, service in summary}}, f, indent=1)
     with open(os.path.join(results, "profile.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
