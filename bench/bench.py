@@ -500,6 +500,50 @@ class ConnectionPeaks:
         return max(self.peak.values()) if self.peak else 0
 
 
+class MemoryPeak:
+    """The largest total memory of the sender's processes seen while mail
+    is delivered, sampled by the caller: the sum of every process's
+    proportional set size (Pss in /proc/PID/smaps_rollup), so that pages
+    shared by many smtp processes (libcrypto, the program text) count
+    once in all, not once per process.  Also the peak of the delivery
+    agents that reuse adds or changes (smtp, tlsproxy, scache), by
+    program."""
+
+    PROGRAMS = ("smtp", "tlsproxy", "scache")
+
+    def __init__(self, metered):
+        self.metered = metered
+        self.peak_kb = 0
+        self.peak_programs_kb = {}
+
+    @staticmethod
+    def pss_kb(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+    def sample(self, table):
+        root = self.metered.proc.pid if self.metered.proc else None
+        if root is None or root not in table:
+            return
+        total, programs = 0, {}
+        for pid in descendants(root, table):
+            kb = self.pss_kb(pid)
+            total += kb
+            name = table[pid][3]
+            if name in self.PROGRAMS:
+                programs[name] = programs.get(name, 0) + kb
+        self.peak_kb = max(self.peak_kb, total)
+        for name, kb in programs.items():
+            if kb > self.peak_programs_kb.get(name, 0):
+                self.peak_programs_kb[name] = kb
+
+
 # -- logs ---------------------------------------------------------------
 
 class LogTail:
@@ -597,11 +641,13 @@ def run_one(wl, flavour, reuse, run, log):
         inj_thread.start()
 
         peaks = ConnectionPeaks(wl.addresses)
+        memory = MemoryPeak(m_snd)
         status = {}                     # queue id -> last status seen
         sent = bounced = 0
         t_last = None
         deadline = t0 + wl.timeout()
         last_flush = time.time()
+        memory_at = 0.0
         while time.time() < deadline:
             for line in tail.lines():
                 m = SENT_RE.search(line)
@@ -615,6 +661,10 @@ def run_one(wl, flavour, reuse, run, log):
                     bounced += 1
                 status[qid] = st
             peaks.sample()
+            # Memory once a second (smaps_rollup walks page tables).
+            if time.time() - memory_at >= 1.0:
+                memory.sample(proc_table())
+                memory_at = time.time()
             if sent + bounced >= wl.messages:
                 break
             if inj_exc:
@@ -631,6 +681,7 @@ def run_one(wl, flavour, reuse, run, log):
         if inj_exc:
             raise inj_exc[0]
         table = proc_table()
+        memory.sample(table)
         end = {"sender": m_snd.cpu_now(table), "receiver": m_rcv.cpu_now(table)}
         end_programs = m_snd.programs_now(table)
         busy1, self1 = machine_busy(), self_cpu()
@@ -664,6 +715,8 @@ def run_one(wl, flavour, reuse, run, log):
             "peak_connections": peaks.total(),
             "peak_connections_one_address": peaks.highest(),
             "peak_connections_by_address": peaks.peak if len(wl.addresses) <= 10 else None,
+            "peak_sender_pss_kb": memory.peak_kb or None,
+            "peak_pss_kb_by_program": memory.peak_programs_kb,
             "elapsed": elapsed,
             "injection_seconds": inj.done - t0 if inj.done else None,
             "processes_seen": processes_seen(snd),
@@ -748,6 +801,8 @@ def figures(r):
         "cpu_receiver": per_k(r["cpu_receiver"]),
         "p50": r["delay_p50"],
         "p99": r["delay_p99"],
+        "memory": (r["peak_sender_pss_kb"] / 1024.0 if r.get("peak_sender_pss_kb")
+                   else None),
     }
 
 
@@ -762,6 +817,7 @@ COLUMNS = [
     ("cpu_receiver", "receiver CPU s /1000 msg", "%.1f"),
     ("p50", "latency p50 s", "%.2f"),
     ("p99", "latency p99 s", "%.2f"),
+    ("memory", "peak sender memory MB (Pss)", "%.0f"),
 ]
 
 
@@ -892,6 +948,30 @@ def cpu_split_markdown(results, wls):
                 else:
                     cells.append("%.2f" % med[k])
             out.append("| %s | %s | %s |" % (wl.key, cfg, " | ".join(cells)))
+    return "\n".join(out)
+
+
+def memory_markdown(results, wls):
+    """Peak memory (Pss, MB) of the delivery agents and of the whole sender
+    during delivery, medians over the runs."""
+    out = ["| workload | configuration | smtp | tlsproxy | scache | whole sender |",
+           "|---|---|---:|---:|---:|---:|"]
+    groups = {}
+    for r in results:
+        if not r.get("peak_sender_pss_kb"):
+            continue
+        prog = r.get("peak_pss_kb_by_program") or {}
+        v = {p: prog.get(p, 0) / 1024.0 for p in DELIVERY_PROGRAMS}
+        v["total"] = r["peak_sender_pss_kb"] / 1024.0
+        groups.setdefault((r["workload"], r["config"]), []).append(v)
+    for wl in wls:
+        for cfg in (config_label(*c) for c in CONFIGS):
+            runs = groups.get((wl.key, cfg))
+            if not runs:
+                continue
+            med = {k: median([v[k] for v in runs]) for k in runs[0]}
+            out.append("| %s | %s | %s |" % (wl.key, cfg, " | ".join(
+                "%.1f" % med[k] for k in DELIVERY_PROGRAMS + ("total",))))
     return "\n".join(out)
 
 
@@ -1216,6 +1296,12 @@ def main():
                 "that exited during the run) does the same work in every "
                 "configuration.  Medians over the runs; in parentheses the ratio "
                 "to stock reuse off.\n\n" + cpu_split_markdown(results, wls) + "\n\n")
+        f.write("### Peak memory of the sender (MB, Pss)\n\n"
+                "Sampled once a second during delivery: the sum of the "
+                "proportional set sizes of the processes (shared pages count "
+                "once in all), per delivery agent and for the whole sender "
+                "instance.  Medians over the runs.\n\n"
+                + memory_markdown(results, wls) + "\n\n")
         f.write("### Details\n\n" + details + "\n\n")
         f.write("Bench time %.0f s.\n" % info["bench_seconds"])
         if failed:
