@@ -503,13 +503,11 @@ class ConnectionPeaks:
 class MemoryPeak:
     """The largest total memory of the sender's processes seen while mail
     is delivered, sampled by the caller: the sum of every process's
-    proportional set size (Pss in /proc/PID/smaps_rollup), so that pages
-    shared by many smtp processes (libcrypto, the program text) count
-    once in all, not once per process.  Also the peak of the delivery
-    agents that reuse adds or changes (smtp, tlsproxy, scache), by
-    program."""
-
-    PROGRAMS = ("smtp", "tlsproxy", "scache")
+    proportional set size (Pss in /proc/PID/smaps_rollup): a page that
+    several processes map (libcrypto, the program text of many smtp
+    processes) is divided among them, instead of counting once per process.
+    Also the peak of the delivery agents that reuse adds or changes (smtp,
+    tlsproxy, scache), by program."""
 
     def __init__(self, metered):
         self.metered = metered
@@ -536,7 +534,7 @@ class MemoryPeak:
             kb = self.pss_kb(pid)
             total += kb
             name = table[pid][3]
-            if name in self.PROGRAMS:
+            if name in DELIVERY_PROGRAMS:
                 programs[name] = programs.get(name, 0) + kb
         self.peak_kb = max(self.peak_kb, total)
         for name, kb in programs.items():
