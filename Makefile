@@ -65,7 +65,9 @@
 #
 # UPSTREAM_CACHE=dir takes the tarball from a local download cache (verified
 # by the same checksum) instead of Debian's archive; the development base
-# needs it (../shared/upstream beside the project; .ci/run sets it).
+# needs it.  It defaults to ../shared/upstream when that is beside the
+# project (as .ci/run sets it), so that make demo and make check work in a
+# fresh clone.
 # PYTEST_ARGS=... passes options to pytest (e.g. PYTEST_ARGS="-k spaced").
 
 # The series: patches/<base>/.  BASE is exported, so that scripts and tests
@@ -92,6 +94,7 @@ BENCH_ARGS  =
 W6_ARGS     = --n 100,1000,5000
 FUZZ_SECONDS = 600
 FUZZ_TARGETS =
+UPSTREAM_CACHE ?= $(if $(wildcard ../shared/upstream/.),$(abspath ../shared/upstream))
 export UPSTREAM_CACHE
 
 .PHONY: all fetch tree export build build-stock build-units build-tlsrpt check check-primary check-stable check-series unit demo bench longrun w6 resumption fuzz deps clean distclean deb check-deb deb-bookworm check-deb-bookworm
